@@ -1,0 +1,66 @@
+# The two commands a new user runs: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config/gateway.yaml
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run demo test check lint typecheck fmt install install-test redis-server clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP) $@
+
+install: $(STAMP)
+install-test: $(TEST_STAMP)
+
+## make run: the gateway on http://$(HOST):$(PORT) against W&B, in-process limiter.
+run: $(STAMP)
+	@if [ -z "$$WANDB_API_KEY" ]; then \
+	  echo "WANDB_API_KEY is not set." >&2; \
+	  echo "  Set it to a W&B API key (https://wandb.ai/authorize) and your project:" >&2; \
+	  echo "    export WANDB_API_KEY=...  WANDB_PROJECT=<entity>/<project>" >&2; \
+	  echo "  No W&B account? 'make demo' runs the gateway against the bundled fake upstream." >&2; \
+	  exit 2; fi
+	@test -s config/default.keys || $(BIN)/inference-gateway keys new --save config/default.keys
+	$(BIN)/inference-gateway serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+
+## make demo: the bundled fake W&B upstream plus the gateway wired to it; no account needed.
+demo: $(STAMP)
+	$(BIN)/inference-gateway demo --host $(HOST) --port $(PORT)
+
+## make check: linters and the type checker.
+check: $(TEST_STAMP)
+	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff format --check gateway tests
+	$(BIN)/mypy
+	$(BIN)/mypy tests
+
+## redis-server: the tests start their own on a free port; install Debian's package when missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server not found: installing Debian's package"; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+## make test: linters, then the whole suite (unit, in-process API, end-to-end over real sockets).
+test: $(TEST_STAMP) redis-server check
+	$(BIN)/pytest -q
+
+fmt: $(TEST_STAMP)
+	$(BIN)/ruff format gateway tests
+	$(BIN)/ruff check --fix gateway tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""inference-gateway: an OpenAI-compatible gateway in front of W&B Inference."""

@@ -1,0 +1,101 @@
+"""create_app(settings): the ASGI app, its lifespan, middleware order and routes.
+
+Nothing happens at import: the upstream session and the limiter are made in the lifespan and
+closed there. Every error, the framework's own 404/405/422 included, leaves in OpenAI's envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+
+from gateway.auth import AuthMiddleware
+from gateway.config import Settings
+from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, NotFound
+from gateway.middleware import RequestContextMiddleware
+from gateway.routers import health, openai
+from gateway.routers.chat import ChatCompletions
+from gateway.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+def _render(exc: GatewayError) -> Response:
+    return Response(exc.body(), exc.status, exc.headers, media_type="application/json")
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    request.state.error_reason = exc.reason
+    return _render(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 405:
+        return _render(MethodNotAllowed(f"Method not allowed ({where})."))
+    if exc.status_code == 404:
+        return _render(NotFound(f"Invalid URL ({where})."))
+    error = GatewayError(str(exc.detail))
+    error.status = exc.status_code
+    return _render(error)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    return _render(BadRequest("Invalid request."))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error in %s %s", request.method, request.url.path)
+    rid = getattr(request.state, "request_id", "-")
+    return _render(GatewayError(f"The gateway had an internal error (request id {rid})."))
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.start(settings)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(
+        title="inference-gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.router.routes.append(
+        Route("/v1/chat/completions", ChatCompletions(), methods=["POST"], include_in_schema=False)
+    )
+    app.include_router(openai.router)
+    app.include_router(health.router)
+
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+    # Order matters; the last added runs first. Request context is outermost so that even a
+    # 401 carries x-request-id and gets its access-log line; auth runs before any route.
+    app.add_middleware(AuthMiddleware)
+    app.add_middleware(RequestContextMiddleware, log=settings.server.access_log)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The factory `serve --workers N` hands uvicorn: each worker loads $GATEWAY_CONFIG itself."""
+    from gateway.config import config_path, load_settings
+
+    return create_app(load_settings(config_path(None)))

@@ -1,0 +1,66 @@
+"""Who is calling: gateway key -> tenant. Refuses by default.
+
+Every path needs a tenant key except the explicit `PUBLIC_PATHS`, each with its reason. Keys are
+compared by their SHA-256 hash, the only form the config holds; no key is ever logged or echoed.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.config import Settings, Tenant
+from gateway.errors import AuthenticationError, GatewayError
+from gateway.keys import hash_key
+from gateway.responses import send_error
+
+PUBLIC_PATHS = {
+    "/healthz": "liveness probe: must answer without credentials",
+    "/readyz": "readiness probe: must answer without credentials",
+    "/metrics": "Prometheus scrapes without credentials; labels hold no keys",
+}
+
+
+def bearer_key(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            text: str = value.decode("latin-1")
+            scheme, _, key = text.partition(" ")
+            if scheme.lower() == "bearer" and key.strip():
+                return key.strip()
+            return None
+    return None
+
+
+def authenticate(settings: Settings, scope: Scope) -> Tenant:
+    key = bearer_key(scope)
+    if key is None:
+        raise AuthenticationError(
+            "You didn't provide an API key. Send your gateway key as `Authorization: Bearer <key>`."
+        )
+    tenant = settings.tenant_by_key_hash.get(hash_key(key))
+    if tenant is None:
+        raise AuthenticationError("Incorrect API key provided. Ask your platform team for a key.")
+    return tenant
+
+
+class AuthMiddleware:
+    """Puts the caller's tenant in `scope["state"]["tenant"]`, or answers 401."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        runtime = scope["app"].state.runtime
+        try:
+            tenant = authenticate(runtime.settings, scope)
+        except GatewayError as exc:
+            state = scope.setdefault("state", {})
+            state["error_reason"] = exc.reason
+            runtime.metrics.errors.labels("-", "-", exc.reason).inc()
+            await send_error(send, exc)
+            return
+        scope.setdefault("state", {})["tenant"] = tenant
+        await self.app(scope, receive, send)

@@ -1,0 +1,242 @@
+"""`inference-gateway ...` / `python -m gateway ...`: serve, check-config, keys, fake-upstream, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from gateway.config import ConfigError, Settings, config_path, load_settings
+from gateway.keys import hash_key, new_key
+
+logger = logging.getLogger("gateway")
+
+EXIT_CONFIG = 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load_or_exit(path: Path) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {exc.source}: {problem}", file=sys.stderr)
+            if "WANDB_API_KEY" in problem:
+                print(
+                    "    Set it: export WANDB_API_KEY=<your W&B API key> "
+                    "(no W&B account? `make demo` runs against the bundled fake upstream)",
+                    file=sys.stderr,
+                )
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    path = config_path(args.config)
+    settings = _load_or_exit(path)
+    host = args.host or settings.server.host
+    port = args.port or settings.server.port
+    if args.workers > 1 and settings.limiter.backend == "memory":
+        logger.warning(
+            "%d workers with limiter.backend=memory: each worker enforces the limits on its "
+            "own, so the account may see up to %d times its max_concurrency; use the redis backend",
+            args.workers,
+            args.workers,
+        )
+    common = {
+        "host": host,
+        "port": port,
+        "access_log": False,  # the gateway writes its own access log, one line per request
+        "log_level": args.log_level,
+        "timeout_graceful_shutdown": 30,
+    }
+    if args.workers > 1:
+        os.environ["GATEWAY_CONFIG"] = str(path)
+        uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **common)
+    else:
+        from gateway.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+
+
+def cmd_check_config(args: argparse.Namespace) -> None:
+    path = config_path(args.config)
+    s = _load_or_exit(path)
+    print(f"{path}: OK")
+    print(f"upstream: {s.upstream.base_url} (retries {s.upstream.retries})")
+    print(f"limiter: {s.limiter.backend}, queue timeout {s.limiter.queue_timeout_s:g}s")
+    print(f"accounts ({len(s.accounts)}):")
+    for a in s.accounts.values():
+        print(f"  {a.name}: api_key {_redact(a.api_key)}, max_concurrency {a.max_concurrency}")
+    print(f"tenants ({len(s.tenants)}):")
+    for t in s.tenants.values():
+        models = "all" if t.models is None else ", ".join(sorted(t.models))
+        print(
+            f"  {t.name}: {len(t.key_hashes)} key(s), account {t.account}, project {t.project}, "
+            f"max_concurrency {t.max_concurrency}, models: {models}"
+        )
+    print(f"models ({len(s.models)}):")
+    for m in s.models.values():
+        price = (
+            f"${m.input_usd_per_mtok:g} in / ${m.output_usd_per_mtok:g} out per 1M tokens"
+            if m.input_usd_per_mtok is not None and m.output_usd_per_mtok is not None
+            else "no price"
+        )
+        aliases = f", aliases: {', '.join(m.aliases)}" if m.aliases else ""
+        print(f"  {m.id}: {price}{aliases}")
+
+
+def _redact(secret: str) -> str:
+    return f"<set, {len(secret)} chars>" if secret else "<empty>"
+
+
+def cmd_keys_new(args: argparse.Namespace) -> None:
+    key = new_key()
+    digest = hash_key(key)
+    if args.save:
+        file = Path(args.save)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with file.open("a") as f:
+            f.write(digest + "\n")
+        file.chmod(0o600)
+    print(f"key:  {key}")
+    print(f"hash: {digest}")
+    if args.save:
+        print(f"The hash was added to {args.save}. The key is shown only now: keep it.")
+    else:
+        print("Put the hash line in the tenant's `keys` list. The key is shown only now.")
+
+
+def cmd_fake_upstream(args: argparse.Namespace) -> None:
+    from gateway.testing import fake_upstream
+
+    settings = fake_upstream.default_settings()
+    if args.key:
+        settings.api_keys = dict.fromkeys(args.key)
+    settings.concurrency = args.concurrency
+    settings.delay_s = args.delay_s
+    settings.chunk_delay_s = args.chunk_delay_s
+    fake_upstream.run(settings, args.host, args.port)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The fake upstream in a child process, the gateway in this one, and how to call it."""
+    keys_file = Path(args.keys_file)
+    keys_file.parent.mkdir(parents=True, exist_ok=True)
+    key = new_key()
+    keys_file.write_text(hash_key(key) + "\n")
+    keys_file.chmod(0o600)
+    env = {**os.environ, "FAKE_UPSTREAM_URL": f"http://127.0.0.1:{args.upstream_port}/v1"}
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "fake-upstream", "--port", str(args.upstream_port)]
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{args.upstream_port}/_fake/stats", fake)
+        os.environ.update(env)
+        base = f"http://{args.host}:{args.port}/v1"
+        print(
+            f"""
+Demo gateway on {base}, in front of a fake W&B upstream (no account, no credits spent).
+Your demo key (new each `make demo`): {key}
+
+  curl {base}/chat/completions -H "Authorization: Bearer {key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{base}", api_key="{key}")
+  print(client.chat.completions.create(
+      model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hello"}}]))
+""",
+            flush=True,
+        )
+        serve = argparse.Namespace(
+            config=args.config,
+            host=args.host,
+            port=args.port,
+            workers=1,
+            log_level=args.log_level,
+        )
+        cmd_serve(serve)
+    finally:
+        fake.terminate()
+        fake.wait(timeout=10)
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the fake upstream exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"the fake upstream did not answer on {url}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inference-gateway",
+        description="OpenAI-compatible gateway in front of W&B Inference.",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML file (default: $GATEWAY_CONFIG, config/gateway.yaml)")
+    serve.add_argument("--host", help="bind address (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: server.port, 8080)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config and print a summary")
+    check.add_argument("--config", help="YAML file (default: $GATEWAY_CONFIG, config/gateway.yaml)")
+    check.set_defaults(func=cmd_check_config)
+
+    keys = sub.add_parser("keys", help="gateway keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_new = keys_sub.add_parser("new", help="print a fresh key and its hash")
+    keys_new.add_argument("--save", metavar="FILE", help="also append the hash to a keys_file")
+    keys_new.set_defaults(func=cmd_keys_new)
+
+    fake = sub.add_parser("fake-upstream", help="run the bundled W&B simulator")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=9090)
+    fake.add_argument("--concurrency", type=int, default=8, help="per-key in-flight limit")
+    fake.add_argument(
+        "--key", action="append", help="accepted W&B key (repeatable; default fake-wandb-key)"
+    )
+    fake.add_argument("--delay-s", type=float, default=0.0, help="delay before each answer")
+    fake.add_argument("--chunk-delay-s", type=float, default=0.0, help="delay between chunks")
+    fake.set_defaults(func=cmd_fake_upstream)
+
+    demo = sub.add_parser("demo", help="fake upstream + gateway, no W&B account needed")
+    demo.add_argument("--config", default="config/demo.yaml")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--upstream-port", type=int, default=9090)
+    demo.add_argument("--keys-file", default="config/demo.keys")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    args.func(args)

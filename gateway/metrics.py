@@ -1,0 +1,92 @@
+"""Every Prometheus metric the gateway exports, in its own registry, with bounded labels.
+
+Labels never carry keys, raw paths or free-form model strings: `model` is a resolved upstream id
+that is configured or listed by upstream, else `other` (see `Catalog.label`); `tenant` is a
+configured tenant name, or `-` when the caller could not be identified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.limits.base import PoolState
+
+UNKNOWN_TENANT = "-"
+
+# Chat latencies span milliseconds (errors, cached) to minutes (reasoning models).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class _PoolCollector(Collector):
+    """In-flight and queued requests per limiter pool, read at scrape time."""
+
+    def __init__(self, pools: Callable[[], list[PoolState]]) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterable[Metric]:
+        inflight = GaugeMetricFamily(
+            "gateway_inflight_requests", "Requests holding a slot, per pool", labels=["pool"]
+        )
+        depth = GaugeMetricFamily(
+            "gateway_queue_depth", "Requests waiting for a slot, per pool", labels=["pool"]
+        )
+        limit = GaugeMetricFamily(
+            "gateway_pool_limit", "Configured concurrency limit, per pool", labels=["pool"]
+        )
+        for pool in self._pools():
+            inflight.add_metric([pool.name], pool.inflight)
+            depth.add_metric([pool.name], pool.queued)
+            limit.add_metric([pool.name], pool.limit)
+        return [inflight, depth, limit]
+
+
+class Metrics:
+    def __init__(self, pools: Callable[[], list[PoolState]]) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests answered, by the HTTP status the client got",
+            ["tenant", "model", "status"],
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "gateway_upstream_requests",
+            "Attempts sent upstream, retries included (status `error` when none came back)",
+            ["account", "model", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "gateway_errors",
+            "Failed requests by cause",
+            ["tenant", "model", "reason"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "gateway_retries",
+            "Upstream attempts retried, by cause",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request to last byte",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "gateway_queue_wait_seconds",
+            "Time spent waiting for a slot",
+            ["pool"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        r.register(_PoolCollector(pools))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,70 @@
+"""Request identity and the access log, as pure ASGI (no buffering, streaming untouched).
+
+Every response carries `x-request-id`: the client's when it sent a sane one, else a new one. The
+same id goes upstream and into the one access-log line written per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("gateway.access")
+
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def request_id_from(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if _SANE_ID.fullmatch(value):
+                return str(value.decode())
+            break
+    return "req_" + uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, log: bool = True) -> None:
+        self.app = app
+        self.log = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = request_id_from(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        rid_header = (b"x-request-id", request_id.encode())
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.log:
+                tenant = state.get("tenant")
+                access_log.info(
+                    "%s %s %s %d %.1fms tenant=%s model=%s queue_ms=%s attempts=%s reason=%s",
+                    request_id,
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    (time.perf_counter() - start) * 1000,
+                    tenant.name if tenant else "-",
+                    state.get("model", "-"),
+                    state.get("queue_ms", "-"),
+                    state.get("attempts", "-"),
+                    state.get("error_reason") or "-",
+                )

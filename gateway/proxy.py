@@ -1,0 +1,260 @@
+"""Forwarding one chat completion: slot, attempts with backoff, relay, and what happened.
+
+The body goes upstream as the client sent it (only `model` may have been rewritten by the
+caller of this module). Retries happen only while no byte has reached the client: a streamed
+response is committed when its first upstream chunk arrives, not before. After that, a failure
+ends the stream with an SSE error event rather than silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+from starlette.types import Send
+
+from gateway.config import Account, Tenant
+from gateway.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeout,
+    error_body,
+)
+from gateway.limits import Limiter
+from gateway.metrics import Metrics
+from gateway.upstream import Retryable, UpstreamClient, classify, response_headers
+
+logger = logging.getLogger(__name__)
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+DONE = b"data: [DONE]"
+
+
+@dataclass
+class Call:
+    """One chat completion request, authenticated and parsed."""
+
+    request_id: str
+    tenant: Tenant
+    account: Account
+    model: str  # the resolved upstream id
+    label: str  # the model as a bounded metric label
+    stream: bool
+    body: bytes
+    headers: dict[str, str]  # for upstream, credentials already swapped
+    deadline: float  # monotonic time after which neither queueing nor retrying goes on
+
+
+@dataclass
+class Outcome:
+    """What happened, for the access log and metrics."""
+
+    status: int = 0
+    reason: str | None = None  # a bounded error cause (see metrics), None when all went well
+    attempts: int = 0
+    queue_s: float = 0.0
+    committed: bool = False  # response headers sent: no more retries, no error status
+    retries: list[str] = field(default_factory=list)
+
+
+class Proxy:
+    def __init__(self, client: UpstreamClient, limiter: Limiter, metrics: Metrics) -> None:
+        self._client = client
+        self._limiter = limiter
+        self._metrics = metrics
+        self._url = client.url("/chat/completions")
+
+    async def chat(self, call: Call, send: Send, out: Outcome) -> None:
+        """Hold a slot for the whole exchange; raise GatewayError if nothing was sent yet."""
+        timeout = max(call.deadline - time.monotonic(), 0.001)
+        lease = await self._limiter.acquire(call.account, call.tenant, timeout)
+        out.queue_s = lease.queue_s
+        try:
+            await self._attempts(call, send, out)
+        finally:
+            await lease.release()
+
+    async def _attempts(self, call: Call, send: Send, out: Outcome) -> None:
+        settings = self._client.settings
+        while True:
+            out.attempts += 1
+            try:
+                await self._attempt(call, send, out)
+                return
+            except Retryable as retry:
+                if out.attempts > settings.retries:
+                    raise retry.final from None
+                delay = _backoff(out.attempts, settings.backoff_base_s, settings.backoff_max_s)
+                if time.monotonic() + delay > call.deadline:
+                    raise retry.final from None
+                out.retries.append(retry.label)
+                self._metrics.retries.labels(call.label, retry.label).inc()
+                logger.info(
+                    "request %s: upstream attempt %d failed (%s), retrying in %.2fs",
+                    call.request_id,
+                    out.attempts,
+                    retry.label,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _attempt(self, call: Call, send: Send, out: Outcome) -> None:
+        upstream_status = "error"
+        try:
+            resp = await self._client.session.post(self._url, data=call.body, headers=call.headers)
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise _connect_error(exc) from None
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"W&B sent no response within upstream.read_timeout_s "
+                f"({self._client.settings.read_timeout_s:g}s)"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise _connect_error(exc) from None
+        else:
+            upstream_status = str(resp.status)
+        finally:
+            self._metrics.upstream_requests.labels(
+                call.account.name, call.label, upstream_status
+            ).inc()
+
+        clean = False
+        try:
+            if resp.status == 200:
+                if call.stream:
+                    await self._relay_stream(resp, call, send, out)
+                else:
+                    await self._relay_body(resp, call, send, out)
+                clean = True
+                return
+            body = await _read(resp)
+            clean = True
+        finally:
+            if clean:
+                resp.release()
+            else:
+                resp.close()  # upstream must see the request go away at once
+        error = classify(resp.status, body, call.account, call.tenant.project)
+        if error is not None:
+            raise error
+        await self._pass_error(resp, body, call, send, out)
+
+    async def _relay_body(
+        self, resp: aiohttp.ClientResponse, call: Call, send: Send, out: Outcome
+    ) -> None:
+        body = await _read(resp)
+        headers = response_headers(resp.headers)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self._start(send, call, out, 200, headers)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _relay_stream(
+        self, resp: aiohttp.ClientResponse, call: Call, send: Send, out: Outcome
+    ) -> None:
+        chunks = resp.content.iter_any()
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            cut = UpstreamError("W&B ended the stream before any data")
+            raise Retryable(cut, "upstream_connect") from None
+        except TimeoutError:
+            raise UpstreamTimeout(
+                "W&B sent no stream data within upstream.read_timeout_s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise _connect_error(exc) from None
+
+        await self._start(send, call, out, 200, SSE_HEADERS)
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        tail = first[-32:]
+        ending = b""
+        try:
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                tail = (tail + chunk)[-32:]
+        except TimeoutError:
+            out.reason = "upstream_timeout"
+            ending = _sse_error("W&B stopped sending mid-stream (upstream.read_timeout_s).")
+        except aiohttp.ClientError:
+            out.reason = "stream_cut"
+            ending = _sse_error("W&B cut the stream before it was complete.")
+        else:
+            if DONE not in tail:
+                out.reason = "stream_cut"
+                ending = _sse_error("W&B ended the stream before it was complete.")
+        if out.reason:
+            logger.warning("request %s: stream ended early (%s)", call.request_id, out.reason)
+        await send({"type": "http.response.body", "body": ending, "more_body": False})
+
+    async def _pass_error(
+        self, resp: aiohttp.ClientResponse, body: bytes, call: Call, send: Send, out: Outcome
+    ) -> None:
+        """An upstream 4xx about the caller's own request: theirs to see, in OpenAI's shape."""
+        try:
+            data = orjson.loads(body)
+            shaped = isinstance(data, dict) and isinstance(data.get("error"), dict)
+        except orjson.JSONDecodeError:
+            shaped = False
+        if not shaped:
+            text = body[:500].decode("utf-8", "replace") or f"upstream status {resp.status}"
+            body = error_body(text, "invalid_request_error", None, None)
+        out.reason = "bad_request"
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await self._start(send, call, out, resp.status, headers)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    @staticmethod
+    async def _start(
+        send: Send, call: Call, out: Outcome, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        out.status = status
+        out.committed = True
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    *headers,
+                    (b"x-gateway-queue-ms", str(round(out.queue_s * 1000)).encode()),
+                ],
+            }
+        )
+
+
+async def _read(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body, or a retryable error when upstream cut it (nothing reached the client)."""
+    try:
+        return await resp.read()
+    except TimeoutError:
+        raise UpstreamTimeout(
+            "W&B did not finish its answer within upstream.read_timeout_s"
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise _connect_error(exc) from None
+
+
+def _connect_error(exc: Exception) -> Retryable:
+    return Retryable(
+        UpstreamConnectError(f"Cannot reach W&B ({type(exc).__name__}) after retries."),
+        "upstream_connect",
+    )
+
+
+def _backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random."""
+    delay: float = min(cap, base * 2.0 ** (attempt - 1))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+def _sse_error(message: str) -> bytes:
+    payload = error_body(message, "server_error", None, "stream_interrupted")
+    return b"data: " + payload + b"\n\n"

@@ -1,0 +1,1 @@
+"""Thin HTTP handlers: authenticate, acquire, forward, account. Logic lives elsewhere."""

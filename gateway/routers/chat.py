@@ -1,0 +1,181 @@
+"""`POST /v1/chat/completions` as plain ASGI: the hot path, kept free of framework layers.
+
+The body is read once, parsed only for `model`, `messages` and `stream`, and forwarded as sent
+(re-encoded only when an alias changed `model`). While the request queues or streams, a watcher
+listens for the client going away and cancels the work, which closes the upstream request and
+releases the slot at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from gateway.catalog import Catalog, model_not_found
+from gateway.config import Tenant
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PermissionDenied
+from gateway.proxy import Call, Outcome
+from gateway.responses import send_error
+from gateway.runtime import Runtime
+from gateway.upstream import upstream_headers
+
+CLIENT_CLOSED = 499  # nginx's status for "client closed the request", for logs and metrics
+
+
+class ClientGone(Exception):
+    """The client disconnected before the response was complete."""
+
+
+class ChatCompletions:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime: Runtime = scope["app"].state.runtime
+        state = scope["state"]
+        tenant: Tenant = state["tenant"]
+        start = time.monotonic()
+        out = Outcome()
+        label = "-"
+        try:
+            body = await read_body(scope, receive, runtime.settings.server.max_body_bytes)
+            call = prepare(runtime, scope, tenant, body, start)
+            label = state["model"] = call.label
+            await until_disconnect(runtime.proxy.chat(call, send, out), receive)
+        except GatewayError as exc:
+            out.reason = exc.reason
+            if not out.committed:
+                out.status = exc.status
+                await send_error(send, exc)
+        except ClientGone:
+            out.reason = "client_disconnect"
+            out.status = CLIENT_CLOSED
+        finally:
+            state["queue_ms"] = round(out.queue_s * 1000)
+            state["attempts"] = out.attempts
+            state["error_reason"] = out.reason
+            m = runtime.metrics
+            m.requests.labels(tenant.name, label, str(out.status)).inc()
+            if out.reason:
+                m.errors.labels(tenant.name, label, out.reason).inc()
+            m.duration.labels(label).observe(time.monotonic() - start)
+            if out.attempts:
+                m.queue_wait.labels(f"tenant:{tenant.name}").observe(out.queue_s)
+                m.queue_wait.labels(f"account:{tenant.account}").observe(out.queue_s)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise _too_large(limit)
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"Request body is larger than the gateway accepts ({limit} bytes, server.max_body_bytes)."
+    )
+
+
+def _parse(body: bytes) -> tuple[Any, bool]:
+    """The JSON document, and whether the slow stdlib parser was needed (integers > 64 bit)."""
+    try:
+        return orjson.loads(body), False
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body), True
+    except (ValueError, RecursionError):
+        raise BadRequest(
+            "We could not parse the JSON body of your request. Send a JSON object "
+            "with `Content-Type: application/json`."
+        ) from None
+
+
+def prepare(runtime: Runtime, scope: Scope, tenant: Tenant, body: bytes, start: float) -> Call:
+    """Check the few fields the gateway needs and build the upstream call."""
+    settings = runtime.settings
+    data, slow = _parse(body)
+    if not isinstance(data, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("You must provide a model parameter (a string).", param="model")
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise BadRequest("`messages` must be a list of message objects.", param="messages")
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("`stream` must be true or false.", param="stream")
+
+    resolved = settings.resolve_model(model)
+    if not Catalog.allowed(tenant, resolved):
+        raise model_not_found(model)
+    if resolved != model:
+        data["model"] = resolved
+        body = json.dumps(data).encode() if slow else orjson.dumps(data)
+
+    project = tenant.project
+    for name, value in scope["headers"]:
+        if name == b"openai-project":
+            wanted = value.decode("latin-1").strip()
+            if wanted != tenant.project:
+                if wanted not in tenant.projects:
+                    raise PermissionDenied(
+                        f"Tenant {tenant.name!r} may not use project {wanted!r}.",
+                        code="project_not_allowed",
+                    )
+                project = wanted
+            break
+
+    account = settings.accounts[tenant.account]
+    request_id: str = scope["state"]["request_id"]
+    return Call(
+        request_id=request_id,
+        tenant=tenant,
+        account=account,
+        model=resolved,
+        label=runtime.catalog.label(resolved),
+        stream=bool(stream),
+        body=body,
+        headers=upstream_headers(scope["headers"], account, project, request_id),
+        deadline=start + settings.limiter.queue_timeout_s,
+    )
+
+
+async def until_disconnect(work: Any, receive: Receive) -> None:
+    """Run `work`; if the client disconnects first, cancel it and raise ClientGone."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watcher.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone
+    task.result()
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,61 @@
+"""The objects one running app holds, made in the lifespan and closed there."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from gateway.catalog import Catalog
+from gateway.config import Settings
+from gateway.limits import Limiter, MemoryLimiter
+from gateway.metrics import Metrics
+from gateway.proxy import Proxy
+from gateway.upstream import UpstreamClient
+
+logger = logging.getLogger(__name__)
+
+
+def make_limiter(settings: Settings) -> Limiter:
+    if settings.limiter.backend == "redis":
+        from gateway.limits.redis import RedisLimiter
+
+        return RedisLimiter(settings.limiter)
+    return MemoryLimiter()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    client: UpstreamClient
+    limiter: Limiter
+    catalog: Catalog
+    metrics: Metrics
+    proxy: Proxy
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        client = UpstreamClient.create(settings.upstream)
+        limiter = make_limiter(settings)
+        await limiter.start()
+        metrics = Metrics(limiter.pools)
+        logger.info(
+            "gateway ready: %d account(s), %d tenant(s), %d priced model(s), limiter %s, "
+            "upstream %s",
+            len(settings.accounts),
+            len(settings.tenants),
+            len(settings.models),
+            settings.limiter.backend,
+            settings.upstream.base_url,
+        )
+        return cls(
+            settings=settings,
+            client=client,
+            limiter=limiter,
+            catalog=Catalog(settings, client),
+            metrics=metrics,
+            proxy=Proxy(client, limiter, metrics),
+        )
+
+    async def close(self) -> None:
+        await self.limiter.close()
+        await self.client.close()
