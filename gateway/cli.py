@@ -1,4 +1,4 @@
-"""`inference-gateway ...` / `python -m gateway ...`: serve, check-config, keys, fake-upstream, demo."""
+"""`inference-gateway ...` (also `python -m gateway`): serve, check-config, keys, fake, demo."""
 
 from __future__ import annotations
 

@@ -41,6 +41,15 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True)
+class SentinelSettings:
+    """Redis Sentinel: the limiter asks these sentinels where the current master is."""
+
+    master: str
+    nodes: tuple[tuple[str, int], ...]
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class LimiterSettings:
     backend: Literal["memory", "redis"] = "memory"
     queue_timeout_s: float = 60.0
@@ -48,6 +57,7 @@ class LimiterSettings:
     lease_ttl_s: float = 30.0
     key_prefix: str = "igw"
     on_redis_error: Literal["local", "reject"] = "local"
+    sentinel: SentinelSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +272,18 @@ def _project(value: Any) -> str:
     return text
 
 
+def _host_ports(value: Any) -> list[tuple[str, int]]:
+    nodes = []
+    for item in _str_list(value):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"each node must be 'host:port', got {item!r}")
+        nodes.append((host, int(port)))
+    if not nodes:
+        raise ValueError("must list at least one sentinel 'host:port'")
+    return nodes
+
+
 def _project_list(value: Any) -> list[str]:
     return [_project(v) for v in _str_list(value)]
 
@@ -344,8 +366,17 @@ def parse_settings(
             "lease_ttl_s",
             "key_prefix",
             "on_redis_error",
+            "sentinel",
         },
     )
+    sentinel = None
+    if lim.get("sentinel") is not None:
+        sen = c.section(lim["sentinel"], "limiter.sentinel", {"master", "nodes", "password"})
+        sentinel = SentinelSettings(
+            master=c.get(sen, "limiter.sentinel", "master", _str, "", required=True) or "",
+            nodes=tuple(c.get(sen, "limiter.sentinel", "nodes", _host_ports, required=True) or ()),
+            password=c.get(sen, "limiter.sentinel", "password", _str),
+        )
     d_lim = LimiterSettings()
     limiter = LimiterSettings(
         backend=c.get(lim, "limiter", "backend", _choice("memory", "redis")) or "memory",  # type: ignore[arg-type]
@@ -356,6 +387,7 @@ def parse_settings(
         key_prefix=c.get(lim, "limiter", "key_prefix", _str) or d_lim.key_prefix,
         on_redis_error=c.get(lim, "limiter", "on_redis_error", _choice("local", "reject"))  # type: ignore[arg-type]
         or d_lim.on_redis_error,
+        sentinel=sentinel,
     )
 
     srv = c.section(
