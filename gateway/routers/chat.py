@@ -91,14 +91,13 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-def _parse(body: bytes) -> tuple[Any, bool]:
-    """The JSON document, and whether the slow stdlib parser was needed (integers > 64 bit)."""
+def _parse(body: bytes) -> Any:
     try:
-        return orjson.loads(body), False
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         pass
-    try:
-        return json.loads(body), True
+    try:  # orjson refuses some valid JSON (integers past 64 bits): the exact, slower parser
+        return json.loads(body)
     except (ValueError, RecursionError):
         raise BadRequest(
             "We could not parse the JSON body of your request. Send a JSON object "
@@ -106,10 +105,18 @@ def _parse(body: bytes) -> tuple[Any, bool]:
         ) from None
 
 
+def _with_model(body: bytes, model: str) -> bytes:
+    """The body with only `model` changed. The stdlib keeps every number exactly as sent
+    (orjson would turn integers past 64 bits into floats), and this runs only for aliases."""
+    data = json.loads(body)
+    data["model"] = model
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def prepare(runtime: Runtime, scope: Scope, tenant: Tenant, body: bytes, start: float) -> Call:
     """Check the few fields the gateway needs and build the upstream call."""
     settings = runtime.settings
-    data, slow = _parse(body)
+    data = _parse(body)
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object.")
     model = data.get("model")
@@ -126,8 +133,7 @@ def prepare(runtime: Runtime, scope: Scope, tenant: Tenant, body: bytes, start: 
     if not Catalog.allowed(tenant, resolved):
         raise model_not_found(model)
     if resolved != model:
-        data["model"] = resolved
-        body = json.dumps(data).encode() if slow else orjson.dumps(data)
+        body = _with_model(body, resolved)
 
     project = tenant.project
     for name, value in scope["headers"]:

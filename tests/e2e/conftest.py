@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.e2e.helpers import OPEN_CLIENTS
 from tests.procs import Proc, base_config, start_fake, start_gateway
 
 
@@ -25,7 +26,10 @@ def gateway(fake: Proc) -> Iterator[Proc]:
 
 
 @pytest.fixture(autouse=True)
-def clean_fake(request: pytest.FixtureRequest) -> None:
+def clean_fake(request: pytest.FixtureRequest) -> Iterator[None]:
     if "fake" in request.fixturenames:
         fake: Proc = request.getfixturevalue("fake")
         httpx.post(fake.url + "/_fake/reset").raise_for_status()
+    yield
+    while OPEN_CLIENTS:
+        OPEN_CLIENTS.pop().close()

@@ -10,8 +10,14 @@ import openai
 from tests.procs import SEARCH_KEY, Proc
 
 
+# SDK clients made by a test, closed after it (see conftest) so no socket is left to the GC.
+OPEN_CLIENTS: list[openai.OpenAI] = []
+
+
 def client(gateway: Proc, key: str = SEARCH_KEY, **kw: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, **kw)
+    c = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, **kw)
+    OPEN_CLIENTS.append(c)
+    return c
 
 
 def aclient(gateway: Proc, key: str = SEARCH_KEY, **kw: Any) -> openai.AsyncOpenAI:
