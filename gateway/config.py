@@ -127,9 +127,11 @@ class _Checker:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.problems: list[str] = []
+        self.unset: set[str] = set()  # paths already reported for a missing variable
 
     def fail(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
+        if path not in self.unset:
+            self.problems.append(f"{path}: {message}")
 
     def substitute(self, value: Any, path: str) -> Any:
         if isinstance(value, str):
@@ -141,6 +143,7 @@ class _Checker:
                 if default is not None:
                     return default
                 self.fail(path, f"environment variable {name} is not set (and has no default)")
+                self.unset.add(path)
                 return ""
 
             return _VAR_RE.sub(repl, value)
