@@ -9,7 +9,6 @@ import openai
 
 from tests.procs import SEARCH_KEY, Proc
 
-
 # SDK clients made by a test, closed after it (see conftest) so no socket is left to the GC.
 OPEN_CLIENTS: list[openai.OpenAI] = []
 

@@ -9,11 +9,11 @@ import pytest
 from tests.e2e.helpers import USER, aclient, client, prompt_tokens, seen
 from tests.procs import LIMITED_KEY, LLAMA, SEARCH_KEY, WANDB_KEY, Proc
 
-WORDS = "Hello from the fake W&B upstream for testing".split()
+WORDS = ["Hello", "from", "the", "fake", "W&B", "upstream", "for", "testing"]
 
 
 def test_plain_completion_sync(gateway: Proc, fake: Proc) -> None:
-    resp = client(gateway).chat.completions.create(model=LLAMA, messages=USER)  # type: ignore[arg-type]
+    resp = client(gateway).chat.completions.create(model=LLAMA, messages=USER)
     assert resp.choices[0].message.content == " ".join(WORDS)
     assert resp.usage is not None
     assert resp.usage.prompt_tokens == prompt_tokens(USER)
@@ -23,7 +23,7 @@ def test_plain_completion_sync(gateway: Proc, fake: Proc) -> None:
 
 async def test_plain_completion_async(gateway: Proc, fake: Proc) -> None:
     async with aclient(gateway) as c:
-        resp = await c.chat.completions.create(model=LLAMA, messages=USER, max_tokens=3)  # type: ignore[arg-type]
+        resp = await c.chat.completions.create(model=LLAMA, messages=USER, max_tokens=3)
     assert resp.choices[0].message.content == " ".join(WORDS[:3])
     assert resp.choices[0].finish_reason == "length"
 
@@ -31,7 +31,7 @@ async def test_plain_completion_async(gateway: Proc, fake: Proc) -> None:
 def test_stream_sync_relays_every_chunk(gateway: Proc, fake: Proc) -> None:
     stream = client(gateway).chat.completions.create(
         model=LLAMA,
-        messages=USER,  # type: ignore[arg-type]
+        messages=USER,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -48,7 +48,7 @@ async def test_stream_async(gateway: Proc, fake: Proc) -> None:
     async with aclient(gateway) as c:
         stream = await c.chat.completions.create(
             model=LLAMA,
-            messages=USER,  # type: ignore[arg-type]
+            messages=USER,
             stream=True,
             n=2,
         )
@@ -98,8 +98,8 @@ def test_body_passes_through_unchanged(gateway: Proc, fake: Proc) -> None:
     ]
     resp = client(gateway).chat.completions.create(
         model=LLAMA,
-        messages=messages,  # type: ignore[arg-type]
-        tools=tools,  # type: ignore[arg-type]
+        messages=messages,
+        tools=tools,
         tool_choice="auto",
         response_format={"type": "json_object"},
         seed=42,
@@ -125,7 +125,7 @@ def test_credentials_are_swapped(gateway: Proc, fake: Proc) -> None:
     c = client(gateway, organization="org-caller", project="acme/search")
     c.chat.completions.create(
         model=LLAMA,
-        messages=USER,  # type: ignore[arg-type]
+        messages=USER,
         extra_headers={"Cookie": "session=abc", "X-Custom": "kept"},
     )
     headers = seen(fake)[-1]["headers"]
@@ -138,27 +138,27 @@ def test_credentials_are_swapped(gateway: Proc, fake: Proc) -> None:
 
 
 def test_tenant_project_is_sent_when_client_sends_none(gateway: Proc, fake: Proc) -> None:
-    client(gateway, key=LIMITED_KEY).chat.completions.create(model="gpt-4o-mini", messages=USER)  # type: ignore[arg-type]
+    client(gateway, key=LIMITED_KEY).chat.completions.create(model="gpt-4o-mini", messages=USER)
     assert seen(fake)[-1]["headers"]["openai-project"] == "acme/limited"
 
 
 def test_allowed_extra_project(gateway: Proc, fake: Proc) -> None:
-    client(gateway, project="acme/search-eval").chat.completions.create(model=LLAMA, messages=USER)  # type: ignore[arg-type]
+    client(gateway, project="acme/search-eval").chat.completions.create(model=LLAMA, messages=USER)
     assert seen(fake)[-1]["headers"]["openai-project"] == "acme/search-eval"
 
 
 def test_other_project_is_refused(gateway: Proc, fake: Proc) -> None:
     with pytest.raises(openai.PermissionDeniedError) as err:
-        client(gateway, project="acme/ads").chat.completions.create(model=LLAMA, messages=USER)  # type: ignore[arg-type]
+        client(gateway, project="acme/ads").chat.completions.create(model=LLAMA, messages=USER)
     assert err.value.status_code == 403
-    assert err.value.body["type"] == "permission_error"  # type: ignore[index]
+    assert err.value.body["type"] == "permission_error"
     assert seen(fake) == []
 
 
 def test_alias_resolves_and_only_model_changes(gateway: Proc, fake: Proc) -> None:
     resp = client(gateway).chat.completions.create(
         model="gpt-4o-mini",
-        messages=USER,  # type: ignore[arg-type]
+        messages=USER,
         temperature=0.5,
         extra_body={"big": 123456789012345678901234567890},
     )
@@ -173,12 +173,12 @@ def test_alias_resolves_and_only_model_changes(gateway: Proc, fake: Proc) -> Non
 def test_request_id_is_kept_and_forwarded(gateway: Proc, fake: Proc) -> None:
     raw = client(gateway).chat.completions.with_raw_response.create(
         model=LLAMA,
-        messages=USER,  # type: ignore[arg-type]
+        messages=USER,
         extra_headers={"X-Request-Id": "trace-123"},
     )
     assert raw.headers["x-request-id"] == "trace-123"
     assert seen(fake)[-1]["headers"]["x-request-id"] == "trace-123"
-    raw = client(gateway).chat.completions.with_raw_response.create(model=LLAMA, messages=USER)  # type: ignore[arg-type]
+    raw = client(gateway).chat.completions.with_raw_response.create(model=LLAMA, messages=USER)
     generated = raw.headers["x-request-id"]
     assert generated.startswith("req_")
     assert seen(fake)[-1]["headers"]["x-request-id"] == generated

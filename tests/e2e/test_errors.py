@@ -83,7 +83,7 @@ def test_bad_key_is_401_and_nothing_goes_upstream(
 
 def test_sdk_sees_authentication_error(gateway: Proc) -> None:
     with pytest.raises(openai.AuthenticationError):
-        client(gateway, key="sk-gw-nope").chat.completions.create(model=LLAMA, messages=USER)  # type: ignore[arg-type]
+        client(gateway, key="sk-gw-nope").chat.completions.create(model=LLAMA, messages=USER)
     with pytest.raises(openai.AuthenticationError):
         client(gateway, key="sk-gw-nope").models.list()
 
@@ -136,14 +136,14 @@ def test_unknown_path_404_and_wrong_method_405(gateway: Proc) -> None:
 
 def test_model_outside_allow_list_is_404(gateway: Proc, fake: Proc) -> None:
     with pytest.raises(openai.NotFoundError) as err:
-        client(gateway, key=LIMITED_KEY).chat.completions.create(model=PHI, messages=USER)  # type: ignore[arg-type]
+        client(gateway, key=LIMITED_KEY).chat.completions.create(model=PHI, messages=USER)
     assert err.value.code == "model_not_found"
     assert seen(fake) == []
 
 
 def test_retired_model_404_passes_through(gateway: Proc) -> None:
     with pytest.raises(openai.NotFoundError) as err:
-        client(gateway).chat.completions.create(model=RETIRED, messages=USER)  # type: ignore[arg-type]
+        client(gateway).chat.completions.create(model=RETIRED, messages=USER)
     assert err.value.code == "model_not_found"
 
 
@@ -153,7 +153,7 @@ def test_retired_model_404_passes_through(gateway: Proc) -> None:
 @pytest.mark.parametrize("kind", ["500", "503", "429", "reset"])
 def test_transient_upstream_failure_is_retried(gateway: Proc, fake: Proc, kind: str) -> None:
     faults(fake, {"kind": kind, "count": 2})
-    resp = client(gateway).chat.completions.create(model=LLAMA, messages=USER)  # type: ignore[arg-type]
+    resp = client(gateway).chat.completions.create(model=LLAMA, messages=USER)
     assert resp.choices[0].message.content
     assert len(seen(fake)) == 3  # two failures, then the retry that worked
 
@@ -162,7 +162,7 @@ def test_transient_failure_in_a_stream_is_retried_before_first_byte(
     gateway: Proc, fake: Proc
 ) -> None:
     faults(fake, {"kind": "503"})
-    stream = client(gateway).chat.completions.create(model=LLAMA, messages=USER, stream=True)  # type: ignore[arg-type]
+    stream = client(gateway).chat.completions.create(model=LLAMA, messages=USER, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert len(seen(fake)) == 2
 
@@ -181,7 +181,7 @@ def test_retries_exhausted(
 ) -> None:
     faults(fake, {"kind": kind, "count": 3})
     with pytest.raises(exc) as err:
-        client(gateway).chat.completions.create(model=LLAMA, messages=USER)  # type: ignore[arg-type]
+        client(gateway).chat.completions.create(model=LLAMA, messages=USER)
     assert isinstance(err.value, openai.APIStatusError)
     assert err.value.status_code == status
     assert err.value.code == code
@@ -236,7 +236,7 @@ def test_unreachable_upstream_is_502(fake: Proc) -> None:
 def test_stream_cut_midway_ends_with_an_error_event(gateway: Proc, fake: Proc) -> None:
     faults(fake, {"kind": "cut", "after": 3})
     got = ""
-    stream = client(gateway).chat.completions.create(model=LLAMA, messages=USER, stream=True)  # type: ignore[arg-type]
+    stream = client(gateway).chat.completions.create(model=LLAMA, messages=USER, stream=True)
     with pytest.raises(openai.APIError) as err:
         for chunk in stream:
             if chunk.choices:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -22,7 +23,6 @@ from tests.procs import (
     base_config,
     start_gateway,
 )
-
 
 GAUGES = ("gateway_inflight_requests", "gateway_queue_depth")
 
@@ -41,9 +41,9 @@ def assert_pools_empty(gateway: Proc) -> None:
     assert busy == {}
 
 
-async def wait_until(predicate: object, timeout_s: float = 5.0) -> None:
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
 
@@ -56,7 +56,7 @@ async def test_upstream_never_sees_more_than_the_limits(gateway: Proc, fake: Pro
         async with aclient(gateway, key=key) as c:
             resp = await c.chat.completions.create(
                 model=model,
-                messages=USER,  # type: ignore[arg-type]
+                messages=USER,
                 extra_body={"x_fake": {"delay_s": 0.05}},
             )
         return resp.choices[0].message.content
@@ -86,7 +86,7 @@ async def test_queue_timeout_is_429_with_retry_after(quick_queue: Proc, fake: Pr
         holder = asyncio.create_task(
             c.chat.completions.create(
                 model=LLAMA,
-                messages=USER,  # type: ignore[arg-type]
+                messages=USER,
                 extra_body={"x_fake": {"delay_s": 1.0}},
             )
         )
@@ -96,7 +96,7 @@ async def test_queue_timeout_is_429_with_retry_after(quick_queue: Proc, fake: Pr
             )
         )
         with pytest.raises(openai.RateLimitError) as err:
-            await c.chat.completions.with_raw_response.create(model=LLAMA, messages=USER)  # type: ignore[arg-type]
+            await c.chat.completions.with_raw_response.create(model=LLAMA, messages=USER)
         await holder
     headers = err.value.response.headers
     assert err.value.code == "rate_limit_exceeded"
@@ -109,15 +109,15 @@ async def test_queue_timeout_is_429_with_retry_after(quick_queue: Proc, fake: Pr
 
 async def test_waiting_time_is_reported(gateway: Proc, fake: Proc) -> None:
     async with aclient(gateway, key=LIMITED_KEY) as c:
-        first = asyncio.create_task(
+        first: asyncio.Task[Any] = asyncio.create_task(
             c.chat.completions.with_raw_response.create(
                 model=LLAMA,
-                messages=USER,  # type: ignore[arg-type]
+                messages=USER,
                 extra_body={"x_fake": {"delay_s": 0.3}},
             )
         )
         await wait_until(lambda: stats(fake)["requests"] == 1)
-        second = await c.chat.completions.with_raw_response.create(model=LLAMA, messages=USER)  # type: ignore[arg-type]
+        second = await c.chat.completions.with_raw_response.create(model=LLAMA, messages=USER)
         assert int((await first).headers["x-gateway-queue-ms"]) < 50
     assert int(second.headers["x-gateway-queue-ms"]) >= 150
 
@@ -150,11 +150,8 @@ async def test_client_disconnect_frees_the_slot_and_closes_upstream(
         lambda: pool_gauges(gateway)[("gateway_inflight_requests", "tenant:limited")] == 0
     )
     async with aclient(gateway, key=LIMITED_KEY) as c:  # the one slot is free again
-        resp = await asyncio.wait_for(
-            c.chat.completions.create(model=LLAMA, messages=USER),
-            5,  # type: ignore[arg-type]
-        )
-    assert resp.choices[0].message.content
+        answer = await asyncio.wait_for(c.chat.completions.create(model=LLAMA, messages=USER), 5)
+    assert answer.choices[0].message.content
     assert_pools_empty(gateway)
 
 
@@ -163,12 +160,12 @@ async def test_client_disconnect_while_queued_leaves_no_waiter(gateway: Proc, fa
         holder = asyncio.create_task(
             c.chat.completions.create(
                 model=LLAMA,
-                messages=USER,  # type: ignore[arg-type]
+                messages=USER,
                 extra_body={"x_fake": {"delay_s": 0.5}},
             )
         )
         await wait_until(lambda: stats(fake)["requests"] == 1)
-        queued = asyncio.create_task(c.chat.completions.create(model=LLAMA, messages=USER))  # type: ignore[arg-type]
+        queued = asyncio.create_task(c.chat.completions.create(model=LLAMA, messages=USER))
         await wait_until(
             lambda: pool_gauges(gateway)[("gateway_queue_depth", "tenant:limited")] == 1
         )

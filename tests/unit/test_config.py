@@ -120,7 +120,7 @@ def test_allow_list_resolves_aliases_and_projects() -> None:
     raw["tenants"]["search"]["models"] = ["gpt-4o-mini"]
     raw["tenants"]["search"]["projects"] = ["acme/eval"]
     s = parse_settings(raw, env={"WANDB_API_KEY": "wk"})
-    assert s.tenants["search"].models == {"meta-llama/Llama-3.1-8B-Instruct"}
+    assert s.tenants["search"].models == frozenset({"meta-llama/Llama-3.1-8B-Instruct"})
     assert s.tenants["search"].projects == {"acme/eval"}
 
 
