@@ -86,6 +86,7 @@ class Tenant:
     models: frozenset[str] | None = None  # resolved upstream ids; None = every model
     projects: frozenset[str] = frozenset()  # other projects it may select via OpenAI-Project
     weight: int = 1
+    monthly_budget_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -461,6 +462,7 @@ def parse_settings(
                 "models",
                 "projects",
                 "weight",
+                "monthly_budget_usd",
             },
         )
         key_list: list[str] = c.get(t, p, "keys", _str_list) or []
@@ -496,6 +498,7 @@ def parse_settings(
             models=None if allow is None else frozenset(aliases.get(m, m) for m in allow),
             projects=frozenset(c.get(t, p, "projects", _project_list) or []),
             weight=c.get(t, p, "weight", _pos_int, 1) or 1,
+            monthly_budget_usd=c.get(t, p, "monthly_budget_usd", _pos_float),
         )
         tenants[tenant.name] = tenant
         for h in hashes:

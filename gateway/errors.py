@@ -116,6 +116,10 @@ class InsufficientQuota(GatewayError):
         super().__init__(message, headers=dict(NO_RETRY), **kw)  # type: ignore[arg-type]
 
 
+class BudgetExceeded(InsufficientQuota):
+    reason = "budget_exceeded"
+
+
 class UpstreamError(GatewayError):
     """Upstream failed in a way that is not the caller's fault."""
 

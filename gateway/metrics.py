@@ -72,6 +72,37 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.tokens = Counter(
+            "gateway_tokens",
+            "Tokens used, from upstream's usage blocks (or estimated, see below)",
+            ["tenant", "model", "kind"],
+            registry=r,
+        )
+        self.spend = Counter(
+            "gateway_spend_usd",
+            "USD spent, from the config's price table",
+            ["tenant", "model"],
+            registry=r,
+        )
+        self.unpriced_tokens = Counter(
+            "gateway_unpriced_tokens",
+            "Tokens of models without a price in the config (not in gateway_spend_usd_total)",
+            ["model"],
+            registry=r,
+        )
+        self.estimated_tokens = Counter(
+            "gateway_estimated_tokens",
+            "Tokens estimated by the gateway because a stream ended before upstream's usage",
+            ["model"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Time from request to the first streamed byte",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.duration = Histogram(
             "gateway_request_duration_seconds",
             "Time from request to last byte",

@@ -13,6 +13,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import orjson
@@ -27,7 +28,9 @@ from gateway.errors import (
 )
 from gateway.limits import Limiter
 from gateway.metrics import Metrics
+from gateway.sse import StreamMeter, error_event
 from gateway.upstream import Retryable, UpstreamClient, classify, response_headers
+from gateway.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,6 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-DONE = b"data: [DONE]"
 
 
 @dataclass
@@ -52,6 +54,9 @@ class Call:
     body: bytes
     headers: dict[str, str]  # for upstream, credentials already swapped
     deadline: float  # monotonic time after which neither queueing nor retrying goes on
+    start: float = 0.0  # monotonic time the request arrived
+    strip_usage: bool = False  # the gateway asked upstream for stream usage, the client did not
+    messages: Any = None  # the request's messages, to estimate the prompt of a cut stream
 
 
 @dataclass
@@ -64,6 +69,9 @@ class Outcome:
     queue_s: float = 0.0
     committed: bool = False  # response headers sent: no more retries, no error status
     retries: list[str] = field(default_factory=list)
+    usage: Usage | None = None  # upstream's usage block, when one came
+    meter: StreamMeter | None = None  # what a stream relayed, for a stream cut short
+    first_byte_s: float | None = None  # seconds from arrival to the first streamed byte
 
 
 class Proxy:
@@ -152,6 +160,7 @@ class Proxy:
         self, resp: aiohttp.ClientResponse, call: Call, send: Send, out: Outcome
     ) -> None:
         body = await _read(resp)
+        out.usage = _usage(body)
         headers = response_headers(resp.headers)
         headers.append((b"content-length", str(len(body)).encode()))
         await self._start(send, call, out, 200, headers)
@@ -173,24 +182,29 @@ class Proxy:
         except aiohttp.ClientError as exc:
             raise _connect_error(exc) from None
 
+        meter = out.meter = StreamMeter(call.strip_usage)
         await self._start(send, call, out, 200, SSE_HEADERS)
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-        tail = first[-32:]
+        await send({"type": "http.response.body", "body": meter.feed(first), "more_body": True})
+        out.first_byte_s = time.monotonic() - call.start
         ending = b""
         try:
             async for chunk in chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                tail = (tail + chunk)[-32:]
+                relayed = meter.feed(chunk)
+                if relayed:
+                    await send({"type": "http.response.body", "body": relayed, "more_body": True})
+            ending = meter.flush()
         except TimeoutError:
             out.reason = "upstream_timeout"
-            ending = _sse_error("W&B stopped sending mid-stream (upstream.read_timeout_s).")
+            ending = error_event("W&B stopped sending mid-stream (upstream.read_timeout_s).")
         except aiohttp.ClientError:
             out.reason = "stream_cut"
-            ending = _sse_error("W&B cut the stream before it was complete.")
+            ending = error_event("W&B cut the stream before it was complete.")
         else:
-            if DONE not in tail:
+            if not meter.done:
                 out.reason = "stream_cut"
-                ending = _sse_error("W&B ended the stream before it was complete.")
+                ending += error_event("W&B ended the stream before it was complete.")
+        if meter.usage is not None:
+            out.usage = Usage(meter.usage["prompt_tokens"], meter.usage["completion_tokens"])
         if out.reason:
             logger.warning("request %s: stream ended early (%s)", call.request_id, out.reason)
         await send({"type": "http.response.body", "body": ending, "more_body": False})
@@ -255,6 +269,11 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-def _sse_error(message: str) -> bytes:
-    payload = error_body(message, "server_error", None, "stream_interrupted")
-    return b"data: " + payload + b"\n\n"
+def _usage(body: bytes) -> Usage | None:
+    try:
+        usage = orjson.loads(body).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))

@@ -11,6 +11,7 @@ from gateway.limits import Limiter, MemoryLimiter
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy
 from gateway.upstream import UpstreamClient
+from gateway.usage import MemoryUsageStore, UsageStore
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class Runtime:
     catalog: Catalog
     metrics: Metrics
     proxy: Proxy
+    usage: UsageStore
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
@@ -54,8 +56,10 @@ class Runtime:
             catalog=Catalog(settings, client),
             metrics=metrics,
             proxy=Proxy(client, limiter, metrics),
+            usage=MemoryUsageStore(),
         )
 
     async def close(self) -> None:
+        await self.usage.close()
         await self.limiter.close()
         await self.client.close()

@@ -10,19 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from gateway.accounting import account, final_usage
 from gateway.catalog import Catalog, model_not_found
 from gateway.config import Tenant
-from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PermissionDenied
+from gateway.errors import (
+    BadRequest,
+    BudgetExceeded,
+    GatewayError,
+    PayloadTooLarge,
+    PermissionDenied,
+)
 from gateway.proxy import Call, Outcome
 from gateway.responses import send_error
 from gateway.runtime import Runtime
 from gateway.upstream import upstream_headers
+
+logger = logging.getLogger(__name__)
 
 CLIENT_CLOSED = 499  # nginx's status for "client closed the request", for logs and metrics
 
@@ -39,10 +49,13 @@ class ChatCompletions:
         start = time.monotonic()
         out = Outcome()
         label = "-"
+        call: Call | None = None
         try:
             body = await read_body(scope, receive, runtime.settings.server.max_body_bytes)
             call = prepare(runtime, scope, tenant, body, start)
             label = state["model"] = call.label
+            if tenant.monthly_budget_usd is not None:
+                await check_budget(runtime, tenant)
             await until_disconnect(runtime.proxy.chat(call, send, out), receive)
         except GatewayError as exc:
             out.reason = exc.reason
@@ -64,6 +77,13 @@ class ChatCompletions:
             if out.attempts:
                 m.queue_wait.labels(f"tenant:{tenant.name}").observe(out.queue_s)
                 m.queue_wait.labels(f"account:{tenant.account}").observe(out.queue_s)
+            if out.first_byte_s is not None:
+                m.ttft.labels(label).observe(out.first_byte_s)
+            usage = final_usage(out, call.messages) if call else None
+            if call and usage:
+                await account(
+                    runtime.settings, m, runtime.usage, tenant.name, call.model, label, usage
+                )
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -105,12 +125,46 @@ def _parse(body: bytes) -> Any:
         ) from None
 
 
-def _with_model(body: bytes, model: str) -> bytes:
-    """The body with only `model` changed. The stdlib keeps every number exactly as sent
-    (orjson would turn integers past 64 bits into floats), and this runs only for aliases."""
+def _rewrite(body: bytes, changes: dict[str, Any]) -> bytes:
+    """The body with only these top-level fields changed. The stdlib keeps every number exactly
+    as sent (orjson would turn integers past 64 bits into floats); this runs only for aliases
+    and for streams whose `stream_options` must be edited."""
     data = json.loads(body)
-    data["model"] = model
+    data.update(changes)
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+_ASK_USAGE = b'"stream_options":{"include_usage":true},'
+
+
+def _usage_changes(data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """How to make a stream carry usage: (top-level changes, whether to hide it from the client).
+
+    The gateway always asks upstream for the final usage chunk, so that every stream is counted;
+    when the client did not ask for it, the relay removes it again.
+    """
+    options = data.get("stream_options")
+    if not data.get("stream") or not isinstance(options, dict | None):
+        return {}, False
+    if options is None:
+        return {"stream_options": {"include_usage": True}}, True
+    if options.get("include_usage") is True:
+        return {}, False
+    return {"stream_options": {**options, "include_usage": True}}, True
+
+
+async def check_budget(runtime: Runtime, tenant: Tenant) -> None:
+    budget = tenant.monthly_budget_usd
+    try:
+        spent = await runtime.usage.spent(tenant.name)
+    except Exception:  # fail open: an unreachable store must not stop every request
+        logger.warning("cannot read tenant %s's spend; not enforcing its budget", tenant.name)
+        return
+    if budget is not None and spent >= budget:
+        raise BudgetExceeded(
+            f"Tenant {tenant.name!r} has reached its monthly budget of ${budget:.2f} "
+            f"(spent ${spent:.2f} this month, UTC). Ask your platform team to raise it."
+        )
 
 
 def prepare(runtime: Runtime, scope: Scope, tenant: Tenant, body: bytes, start: float) -> Call:
@@ -132,8 +186,14 @@ def prepare(runtime: Runtime, scope: Scope, tenant: Tenant, body: bytes, start: 
     resolved = settings.resolve_model(model)
     if not Catalog.allowed(tenant, resolved):
         raise model_not_found(model)
+    changes, strip_usage = _usage_changes(data)
     if resolved != model:
-        body = _with_model(body, resolved)
+        changes["model"] = resolved
+    if changes.keys() == {"stream_options"} and "stream_options" not in data:
+        start_at = body.index(b"{") + 1  # cheap: insert the field, leave every byte else as sent
+        body = body[:start_at] + _ASK_USAGE + body[start_at:]
+    elif changes:
+        body = _rewrite(body, changes)
 
     project = tenant.project
     for name, value in scope["headers"]:
@@ -160,6 +220,9 @@ def prepare(runtime: Runtime, scope: Scope, tenant: Tenant, body: bytes, start: 
         body=body,
         headers=upstream_headers(scope["headers"], account, project, request_id),
         deadline=start + settings.limiter.queue_timeout_s,
+        start=start,
+        strip_usage=strip_usage,
+        messages=messages,
     )
 
 

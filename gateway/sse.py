@@ -1,0 +1,86 @@
+"""Watching a chat completion stream go by, without re-encoding it.
+
+`StreamMeter.feed()` takes upstream bytes and returns what the client should get. It splits the
+bytes into SSE events only to find three things: the usage chunk (W&B sends it last when
+`stream_options.include_usage` is set), how many content chunks were relayed (to estimate the
+tokens of a stream cut short), and `[DONE]`. When the gateway itself asked for usage on the
+client's behalf, the usage chunk and the `"usage":null` fields are removed, so the client sees
+exactly what it would have seen without the gateway.
+
+A `"usage":null` cannot be matched inside a JSON string: there its quotes are escaped.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+
+from gateway.errors import error_body
+
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
+_EMPTY_CONTENT = re.compile(rb'"content"\s*:\s*(""|null)')
+_CONTENT = re.compile(rb'"content"\s*:')
+_DONE = b"data: [DONE]"
+
+
+class StreamMeter:
+    __slots__ = ("_buf", "content_chunks", "done", "strip_usage", "usage")
+
+    def __init__(self, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage
+        self.usage: dict[str, int] | None = None
+        self.content_chunks = 0
+        self.done = False
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        data = self._buf + chunk if self._buf else chunk
+        *events, self._buf = data.split(b"\n\n")
+        out = []
+        for event in events:
+            kept = self._event(event)
+            if kept is not None:
+                out.append(kept + b"\n\n")
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """Whatever is left of an unterminated last event."""
+        rest, self._buf = self._buf, b""
+        return rest
+
+    def _event(self, event: bytes) -> bytes | None:
+        """The event as the client should get it, or None to drop it."""
+        if event.startswith(_DONE):
+            self.done = True
+            return event
+        if _CONTENT.search(event) and not _EMPTY_CONTENT.search(event):
+            self.content_chunks += 1
+        if _USAGE_OBJECT.search(event):
+            payload = _payload(event)
+            usage = payload.get("usage") if isinstance(payload, dict) else None
+            if isinstance(usage, dict):
+                self.usage = {
+                    "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                    "completion_tokens": int(usage.get("completion_tokens") or 0),
+                }
+                if self.strip_usage and isinstance(payload, dict) and not payload.get("choices"):
+                    return None
+        if self.strip_usage:
+            return _USAGE_NULL.sub(b"", event)
+        return event
+
+
+def _payload(event: bytes) -> object:
+    lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    try:
+        return orjson.loads(b"\n".join(lines))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def error_event(message: str, code: str = "stream_interrupted") -> bytes:
+    return b"data: " + error_body(message, "server_error", None, code) + b"\n\n"

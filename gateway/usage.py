@@ -1,0 +1,119 @@
+"""Tokens and spend per tenant and model this month (UTC), and the budgets they are held to.
+
+Spend = prompt tokens x input price + completion tokens x output price, from the config's price
+table (USD per million tokens). The store is in memory for one process, or in Redis (shared by
+every replica, surviving restarts) when the limiter uses Redis:
+
+    {prefix}:usage:{YYYY-MM}:{tenant}   HASH  "<model>|prompt", "<model>|completion" (HINCRBY),
+                                              "<model>|usd" and "total|usd" (HINCRBYFLOAT)
+
+Keys expire 40 days after their month's last write, so old months clean themselves up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import Model
+
+MONTH_TTL_S = 40 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False  # counted by the gateway, upstream's usage never came
+
+
+def month(now: float | None = None) -> str:
+    return time.strftime("%Y-%m", time.gmtime(now))
+
+
+def spend_usd(model: Model | None, usage: Usage) -> float | None:
+    """USD for this usage, or None when the model has no price."""
+    if model is None or model.input_usd_per_mtok is None or model.output_usd_per_mtok is None:
+        return None
+    return (
+        usage.prompt_tokens * model.input_usd_per_mtok
+        + usage.completion_tokens * model.output_usd_per_mtok
+    ) / 1_000_000
+
+
+def estimate_prompt_tokens(messages: Any) -> int:
+    """About four characters a token, over every text part of every message."""
+    chars = 0
+    if isinstance(messages, list):
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                chars += sum(
+                    len(part.get("text") or "")
+                    for part in content
+                    if isinstance(part, dict) and isinstance(part.get("text"), str)
+                )
+    return math.ceil(chars / 4)
+
+
+class UsageStore(ABC):
+    @abstractmethod
+    async def add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> None:
+        """Count one request's usage for this month."""
+
+    @abstractmethod
+    async def spent(self, tenant: str) -> float:
+        """USD spent by the tenant this month."""
+
+    @abstractmethod
+    async def by_model(self, tenant: str) -> dict[str, dict[str, float]]:
+        """This month's `{model: {prompt_tokens, completion_tokens, spend_usd}}`."""
+
+    async def close(self) -> None:  # noqa: B027 (an optional hook)
+        """Release connections."""
+
+
+class MemoryUsageStore(UsageStore):
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+
+    async def add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> None:
+        row = self._data[(month(), tenant)]
+        for field, value in _fields(model, usage, usd):
+            row[field] = row.get(field, 0) + value
+
+    async def spent(self, tenant: str) -> float:
+        return self._data.get((month(), tenant), {}).get("total|usd", 0.0)
+
+    async def by_model(self, tenant: str) -> dict[str, dict[str, float]]:
+        return _by_model(self._data.get((month(), tenant), {}))
+
+
+def _fields(model: str, usage: Usage, usd: float | None) -> list[tuple[str, float]]:
+    fields: list[tuple[str, float]] = [
+        (f"{model}|prompt", usage.prompt_tokens),
+        (f"{model}|completion", usage.completion_tokens),
+    ]
+    if usd is not None:
+        fields += [(f"{model}|usd", usd), ("total|usd", usd)]
+    return fields
+
+
+def _by_model(row: dict[str, float]) -> dict[str, dict[str, float]]:
+    names = {"prompt": "prompt_tokens", "completion": "completion_tokens", "usd": "spend_usd"}
+    out: dict[str, dict[str, float]] = {}
+    for field, value in row.items():
+        model, _, kind = field.rpartition("|")
+        if model == "total":
+            continue
+        entry = out.setdefault(
+            model, {"prompt_tokens": 0, "completion_tokens": 0, "spend_usd": 0.0}
+        )
+        entry[names[kind]] = float(value) if kind == "usd" else int(value)
+    return out
