@@ -20,7 +20,7 @@ from gateway.auth import AuthMiddleware
 from gateway.config import Settings
 from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, NotFound
 from gateway.middleware import RequestContextMiddleware
-from gateway.routers import health, openai
+from gateway.routers import health, openai, usage
 from gateway.routers.chat import ChatCompletions
 from gateway.runtime import Runtime
 
@@ -81,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(usage.router)
 
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -96,6 +97,8 @@ def create_app(settings: Settings) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """The factory `serve --workers N` hands uvicorn: each worker loads $GATEWAY_CONFIG itself."""
+    from gateway import logs
     from gateway.config import config_path, load_settings
 
+    logs.setup()
     return create_app(load_settings(config_path(None)))

@@ -1,6 +1,7 @@
 """Who is calling: gateway key -> tenant. Refuses by default.
 
-Every path needs a tenant key except the explicit `PUBLIC_PATHS`, each with its reason. Keys are
+Every path needs a tenant key except the explicit `PUBLIC_PATHS`, each with its reason, and
+`/admin/...`, which needs an admin key (`server.admin_keys`) and refuses tenant keys. Keys are
 compared by their SHA-256 hash, the only form the config holds; no key is ever logged or echoed.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import Settings, Tenant
-from gateway.errors import AuthenticationError, GatewayError
+from gateway.errors import AuthenticationError, GatewayError, PermissionDenied
 from gateway.keys import hash_key
 from gateway.responses import send_error
 
@@ -29,6 +30,21 @@ def bearer_key(scope: Scope) -> str | None:
                 return key.strip()
             return None
     return None
+
+
+ADMIN_PREFIX = "/admin/"
+
+
+def authenticate_admin(settings: Settings, scope: Scope) -> None:
+    key = bearer_key(scope)
+    if key is None:
+        raise AuthenticationError("Admin routes need an admin key as `Authorization: Bearer`.")
+    digest = hash_key(key)
+    if digest in settings.server.admin_keys:
+        return
+    if digest in settings.tenant_by_key_hash:
+        raise PermissionDenied("Admin routes refuse tenant keys; use an admin key.")
+    raise AuthenticationError("Incorrect API key provided.")
 
 
 def authenticate(settings: Settings, scope: Scope) -> Tenant:
@@ -55,6 +71,10 @@ class AuthMiddleware:
             return
         runtime = scope["app"].state.runtime
         try:
+            if scope["path"].startswith(ADMIN_PREFIX):
+                authenticate_admin(runtime.settings, scope)
+                await self.app(scope, receive, send)
+                return
             tenant = authenticate(runtime.settings, scope)
         except GatewayError as exc:
             state = scope.setdefault("state", {})

@@ -7,24 +7,18 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+from gateway import logs
 from gateway.config import ConfigError, Settings, config_path, load_settings
 from gateway.keys import hash_key, new_key
 
 logger = logging.getLogger("gateway")
 
 EXIT_CONFIG = 2
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _load_or_exit(path: Path) -> Settings:
@@ -66,6 +60,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     }
     if args.workers > 1:
         os.environ["GATEWAY_CONFIG"] = str(path)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Workers import prometheus-client after this is set: their samples go to files
+            # there, and /metrics sums them. A fresh folder, so no old run's counts add up.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **common)
     else:
         from gateway.app import create_app
@@ -238,5 +236,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    logs.setup(args.log_level)
     args.func(args)

@@ -1,5 +1,9 @@
 """Every Prometheus metric the gateway exports, in its own registry, with bounded labels.
 
+With several workers, prometheus-client's multiprocess mode sums counters and histograms over
+workers; the pool gauges are read live from the limiter of the worker that answers the scrape
+(with the Redis limiter, that is the shared state).
+
 Labels never carry keys, raw paths or free-form model strings: `model` is a resolved upstream id
 that is configured or listed by upstream, else `other` (see `Catalog.label`); `tenant` is a
 configured tenant name, or `-` when the caller could not be identified.
@@ -7,15 +11,17 @@ configured tenant name, or `-` when the caller could not be identified.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.limits.base import PoolState
 
 UNKNOWN_TENANT = "-"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Chat latencies span milliseconds (errors, cached) to minutes (reasoning models).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -117,7 +123,15 @@ class Metrics:
             buckets=WAIT_BUCKETS,
             registry=r,
         )
-        r.register(_PoolCollector(pools))
+        self._pools = _PoolCollector(pools)
+        r.register(self._pools)
 
     def render(self) -> bytes:
+        """The exposition. Under `serve --workers N` every worker writes its samples to
+        $PROMETHEUS_MULTIPROC_DIR and any worker answers with the sums over all of them."""
+        if os.environ.get(MULTIPROC_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            registry.register(self._pools)
+            return generate_latest(registry)
         return generate_latest(self.registry)

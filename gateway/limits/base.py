@@ -9,12 +9,18 @@ Policy, the same in every backend: within a tenant, first come first served; acr
 one account, a freed account slot goes to the tenants with waiters in turn (round-robin, each
 tenant served `weight` times per turn), so a light tenant waits about one slot turnover however
 deep a flooding tenant's queue is.
+
+The account's limit is adaptive (`AdaptiveLimits`): when W&B still answers 429 "Concurrency limit
+reached" (someone else uses the same key outside the gateway), the proxy calls
+`upstream_saturated` and the limit backs off, then creeps back to the configured value.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.config import Account, Tenant
@@ -60,6 +66,9 @@ class Limiter(ABC):
         """Whether the backend can take requests, and a one-line detail."""
         return True, "ok"
 
+    def upstream_saturated(self, account: str) -> None:  # noqa: B027 (an optional hook)
+        """Upstream refused for concurrency although we held a slot: back the account off."""
+
 
 class HoldTimes:
     """Per-account moving average of how long a slot is held, for an honest Retry-After."""
@@ -86,3 +95,57 @@ def queue_timeout(tenant: Tenant, waited_s: float, retry_after_s: float) -> Queu
         f"{tenant.account!r}); retry later.",
         headers=retry_headers(retry_after_s),
     )
+
+
+@dataclass
+class _Cut:
+    base: int  # the limit right after the last cut
+    since: float  # when it was cut; recovery counts from here
+
+
+class AdaptiveLimits:
+    """AIMD on each account's effective limit, driven by upstream 429s the gateway could not see.
+
+    One overload produces a burst of 429s, so a cut halves the limit (down to 1) at most once per
+    `cut_window_s`. Without further 429s the limit grows back by one every `recover_s`, up to the
+    configured value. Computed lazily from the clock: nothing runs in the background.
+    """
+
+    def __init__(
+        self,
+        recover_s: float = 5.0,
+        cut_window_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._recover_s = recover_s
+        self._window_s = cut_window_s
+        self._clock = clock
+        self._cuts: dict[str, _Cut] = {}
+
+    def limit(self, account: str, configured: int) -> int:
+        """The account's effective limit now: at most `configured`."""
+        cut = self._cuts.get(account)
+        if cut is None:
+            return configured
+        value = cut.base + int((self._clock() - cut.since) / self._recover_s)
+        if value >= configured:
+            del self._cuts[account]
+            return configured
+        return value
+
+    def saturated(self, account: str, configured: int) -> int:
+        """Record an upstream 429; return the new effective limit."""
+        now = self._clock()
+        current = self.limit(account, configured)
+        cut = self._cuts.get(account)
+        if cut is not None and now - cut.since < self._window_s:
+            return current  # the same burst
+        self._cuts[account] = _Cut(max(1, current // 2), now)
+        return self.limit(account, configured)
+
+    def next_step_s(self, account: str) -> float | None:
+        """Seconds until the limit next grows, or None when it is back at the configured value."""
+        cut = self._cuts.get(account)
+        if cut is None:
+            return None
+        return self._recover_s - (self._clock() - cut.since) % self._recover_s

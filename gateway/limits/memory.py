@@ -3,6 +3,8 @@
 Each account pool keeps its tenants' FIFO queues and a round-robin ring of the tenants that have
 waiters. A release hands the freed slot straight to the next eligible waiter (its future is
 resolved synchronously), so nobody polls and no slot is ever free while someone eligible waits.
+The account's limit is the adaptive one (`AdaptiveLimits`); while it is backed off, a timer
+hands out the slots it regains as it recovers.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from gateway.config import Account, Tenant
-from gateway.limits.base import HoldTimes, Lease, Limiter, PoolState, queue_timeout
+from gateway.limits.base import (
+    AdaptiveLimits,
+    HoldTimes,
+    Lease,
+    Limiter,
+    PoolState,
+    queue_timeout,
+)
 
 
 @dataclass(eq=False)
@@ -30,7 +39,8 @@ class _TenantPool:
 @dataclass(eq=False)
 class _AccountPool:
     name: str
-    limit: int
+    limit: int  # effective: the configured one, or less while upstream pushes back
+    configured: int
     inflight: int = 0
     tenants: dict[str, _TenantPool] = field(default_factory=dict)
     ring: deque[_TenantPool] = field(default_factory=deque)  # tenants with waiters, in turn
@@ -63,17 +73,20 @@ class _MemoryLease(Lease):
 
 
 class MemoryLimiter(Limiter):
-    def __init__(self) -> None:
+    def __init__(self, adaptive: AdaptiveLimits | None = None) -> None:
         self._accounts: dict[str, _AccountPool] = {}
         self._holds = HoldTimes()
+        self._adaptive = adaptive if adaptive is not None else AdaptiveLimits()
+        self._recovery: dict[str, asyncio.TimerHandle] = {}
 
     def _pools_for(self, account: Account, tenant: Tenant) -> tuple[_AccountPool, _TenantPool]:
         apool = self._accounts.get(account.name)
         if apool is None:
             apool = self._accounts[account.name] = _AccountPool(
-                account.name, account.max_concurrency
+                account.name, account.max_concurrency, account.max_concurrency
             )
-        apool.limit = account.max_concurrency  # follows config reloads
+        apool.configured = account.max_concurrency  # follows config reloads
+        self._refresh_limit(apool)
         tpool = apool.tenants.get(tenant.name)
         if tpool is None:
             tpool = apool.tenants[tenant.name] = _TenantPool(tenant.name, tenant.max_concurrency)
@@ -125,7 +138,44 @@ class MemoryLimiter(Limiter):
         tpool.inflight -= 1
         if held_s:
             self._holds.observe(apool.name, held_s)
+        apool.limit = self._adaptive.limit(apool.name, apool.configured)
         self._dispatch(apool)
+
+    def _refresh_limit(self, apool: _AccountPool) -> None:
+        """Follow the adaptive limit; slots it regained go to waiters before any newcomer."""
+        limit = self._adaptive.limit(apool.name, apool.configured)
+        raised = limit > apool.limit
+        apool.limit = limit
+        if raised:
+            self._dispatch(apool)
+
+    def upstream_saturated(self, account: str) -> None:
+        apool = self._accounts.get(account)
+        if apool is None:
+            return  # never admitted anything for it: nothing to back off from
+        apool.limit = self._adaptive.saturated(account, apool.configured)
+        self._schedule_recovery(apool)
+
+    def _schedule_recovery(self, apool: _AccountPool) -> None:
+        delay = self._adaptive.next_step_s(apool.name)
+        old = self._recovery.pop(apool.name, None)
+        if old is not None:
+            old.cancel()
+        if delay is not None:
+            # A hair late, so the limit has grown when the timer fires.
+            self._recovery[apool.name] = asyncio.get_running_loop().call_later(
+                delay + 0.001, self._recover, apool
+            )
+
+    def _recover(self, apool: _AccountPool) -> None:
+        self._recovery.pop(apool.name, None)
+        self._refresh_limit(apool)
+        self._schedule_recovery(apool)
+
+    async def close(self) -> None:
+        for handle in self._recovery.values():
+            handle.cancel()
+        self._recovery.clear()
 
     def _dispatch(self, apool: _AccountPool) -> None:
         """Hand free account slots to waiting tenants in turn."""
@@ -157,7 +207,12 @@ class MemoryLimiter(Limiter):
         states: list[PoolState] = []
         for apool in self._accounts.values():
             states.append(
-                PoolState(f"account:{apool.name}", apool.limit, apool.inflight, apool.queued())
+                PoolState(
+                    f"account:{apool.name}",
+                    self._adaptive.limit(apool.name, apool.configured),
+                    apool.inflight,
+                    apool.queued(),
+                )
             )
             for tpool in apool.tenants.values():
                 states.append(

@@ -1,0 +1,64 @@
+"""Usage for callers (`GET /v1/usage`, a tenant's own) and admins (`GET /admin/usage`, all)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from gateway.config import Tenant
+from gateway.limits import PoolState
+from gateway.runtime import Runtime
+from gateway.usage import month
+
+router = APIRouter()
+
+
+def _pool(pools: dict[str, PoolState], name: str, limit: int) -> dict[str, int]:
+    pool = pools.get(name)
+    if pool is None:
+        return {"limit": limit, "inflight": 0, "queued": 0}
+    return {"limit": pool.limit, "inflight": pool.inflight, "queued": pool.queued}
+
+
+async def tenant_usage(
+    runtime: Runtime, tenant: Tenant, pools: dict[str, PoolState]
+) -> dict[str, Any]:
+    models = await runtime.usage.by_model(tenant.name)
+    spent = round(sum(m["spend_usd"] for m in models.values()), 10)
+    budget = tenant.monthly_budget_usd
+    return {
+        "tenant": tenant.name,
+        "month": month(),
+        "spend_usd": spent,
+        "budget_usd": budget,
+        "remaining_usd": None if budget is None else round(max(budget - spent, 0.0), 10),
+        "models": models,
+        "concurrency": _pool(pools, f"tenant:{tenant.name}", tenant.max_concurrency),
+    }
+
+
+@router.get("/v1/usage")
+async def own_usage(request: Request) -> dict[str, Any]:
+    runtime: Runtime = request.app.state.runtime
+    pools = {p.name: p for p in runtime.limiter.pools()}
+    return {"object": "usage", **await tenant_usage(runtime, request.state.tenant, pools)}
+
+
+@router.get("/admin/usage")
+async def all_usage(request: Request) -> dict[str, Any]:
+    runtime: Runtime = request.app.state.runtime
+    pools = {p.name: p for p in runtime.limiter.pools()}
+    settings = runtime.settings
+    return {
+        "object": "usage.admin",
+        "month": month(),
+        "tenants": {
+            name: await tenant_usage(runtime, tenant, pools)
+            for name, tenant in settings.tenants.items()
+        },
+        "accounts": {
+            name: _pool(pools, f"account:{name}", account.max_concurrency)
+            for name, account in settings.accounts.items()
+        },
+    }
