@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -28,13 +29,43 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-class _PoolCollector(Collector):
-    """In-flight and queued requests per limiter pool, read at scrape time."""
+@dataclass(frozen=True)
+class LiveState:
+    """Where the gauges read their values at scrape time."""
 
-    def __init__(self, pools: Callable[[], list[PoolState]]) -> None:
-        self._pools = pools
+    pools: Callable[[], list[PoolState]]
+    degraded: Callable[[], bool]
+    budgets: Callable[[], dict[str, float]]  # tenant -> monthly budget (USD)
+    month_spend: Callable[[], dict[str, float]]  # tenant -> spend this month, as last seen
+
+
+class _LiveCollector(Collector):
+    """Gauges read at scrape time: limiter pools, limiter health, budgets."""
+
+    def __init__(self, live: LiveState) -> None:
+        self._live = live
 
     def collect(self) -> Iterable[Metric]:
+        degraded = GaugeMetricFamily(
+            "gateway_limiter_degraded",
+            "1 while the Redis limiter is unreachable and per-process limits apply",
+            value=1 if self._live.degraded() else 0,
+        )
+        budget = GaugeMetricFamily(
+            "gateway_tenant_budget_usd", "Monthly budget per tenant", labels=["tenant"]
+        )
+        for tenant, usd in self._live.budgets().items():
+            budget.add_metric([tenant], usd)
+        spend = GaugeMetricFamily(
+            "gateway_tenant_month_spend_usd",
+            "Spend this calendar month (UTC) per tenant, as last read from the usage store",
+            labels=["tenant"],
+        )
+        for tenant, usd in self._live.month_spend().items():
+            spend.add_metric([tenant], usd)
+        return [*self._pools(), degraded, budget, spend]
+
+    def _pools(self) -> list[Metric]:
         inflight = GaugeMetricFamily(
             "gateway_inflight_requests", "Requests holding a slot, per pool", labels=["pool"]
         )
@@ -44,7 +75,7 @@ class _PoolCollector(Collector):
         limit = GaugeMetricFamily(
             "gateway_pool_limit", "Configured concurrency limit, per pool", labels=["pool"]
         )
-        for pool in self._pools():
+        for pool in self._live.pools():
             inflight.add_metric([pool.name], pool.inflight)
             depth.add_metric([pool.name], pool.queued)
             limit.add_metric([pool.name], pool.limit)
@@ -52,7 +83,7 @@ class _PoolCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, pools: Callable[[], list[PoolState]]) -> None:
+    def __init__(self, live: LiveState) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "gateway_requests",
@@ -123,15 +154,15 @@ class Metrics:
             buckets=WAIT_BUCKETS,
             registry=r,
         )
-        self._pools = _PoolCollector(pools)
-        r.register(self._pools)
+        self._live = _LiveCollector(live)
+        r.register(self._live)
 
     def render(self) -> bytes:
         """The exposition. Under `serve --workers N` every worker writes its samples to
         $PROMETHEUS_MULTIPROC_DIR and any worker answers with the sums over all of them."""
         if os.environ.get(MULTIPROC_ENV):
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-            registry.register(self._pools)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(self._live)
             return generate_latest(registry)
         return generate_latest(self.registry)

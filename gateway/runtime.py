@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from gateway.catalog import Catalog
 from gateway.config import Settings
 from gateway.limits import Limiter, MemoryLimiter
-from gateway.metrics import Metrics
+from gateway.metrics import LiveState, Metrics
 from gateway.proxy import Proxy
 from gateway.upstream import UpstreamClient
 from gateway.usage import MemoryUsageStore, UsageStore
@@ -39,7 +39,20 @@ class Runtime:
         client = UpstreamClient.create(settings.upstream)
         limiter = make_limiter(settings)
         await limiter.start()
-        metrics = Metrics(limiter.pools)
+        usage = MemoryUsageStore()
+        budgets = {
+            t.name: t.monthly_budget_usd
+            for t in settings.tenants.values()
+            if t.monthly_budget_usd is not None
+        }
+        metrics = Metrics(
+            LiveState(
+                pools=limiter.pools,
+                degraded=lambda: bool(getattr(limiter, "degraded", False)),
+                budgets=lambda: budgets,
+                month_spend=lambda: usage.last_seen,
+            )
+        )
         logger.info(
             "gateway ready: %d account(s), %d tenant(s), %d priced model(s), limiter %s, "
             "upstream %s",
@@ -56,7 +69,7 @@ class Runtime:
             catalog=Catalog(settings, client),
             metrics=metrics,
             proxy=Proxy(client, limiter, metrics),
-            usage=MemoryUsageStore(),
+            usage=usage,
         )
 
     async def close(self) -> None:

@@ -63,13 +63,24 @@ def estimate_prompt_tokens(messages: Any) -> int:
 
 
 class UsageStore(ABC):
-    @abstractmethod
+    def __init__(self) -> None:
+        self.last_seen: dict[str, float] = {}  # tenant -> month spend at the last read or write
+
     async def add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> None:
         """Count one request's usage for this month."""
+        self.last_seen[tenant] = await self._add(tenant, model, usage, usd)
 
-    @abstractmethod
     async def spent(self, tenant: str) -> float:
         """USD spent by the tenant this month."""
+        self.last_seen[tenant] = total = await self._spent(tenant)
+        return total
+
+    @abstractmethod
+    async def _add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> float:
+        """Count the usage; return the tenant's month spend after it."""
+
+    @abstractmethod
+    async def _spent(self, tenant: str) -> float: ...
 
     @abstractmethod
     async def by_model(self, tenant: str) -> dict[str, dict[str, float]]:
@@ -81,14 +92,16 @@ class UsageStore(ABC):
 
 class MemoryUsageStore(UsageStore):
     def __init__(self) -> None:
+        super().__init__()
         self._data: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
 
-    async def add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> None:
+    async def _add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> float:
         row = self._data[(month(), tenant)]
         for field, value in _fields(model, usage, usd):
             row[field] = row.get(field, 0) + value
+        return row.get("total|usd", 0.0)
 
-    async def spent(self, tenant: str) -> float:
+    async def _spent(self, tenant: str) -> float:
         return self._data.get((month(), tenant), {}).get("total|usd", 0.0)
 
     async def by_model(self, tenant: str) -> dict[str, dict[str, float]]:

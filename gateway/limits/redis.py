@@ -1,0 +1,508 @@
+"""The Redis limiter: one set of limits shared by every gateway replica.
+
+Every state change is a Lua script (`redis_*.lua` beside this module, each prefixed with
+`redis_lib.lua`), loaded once and run atomically by EVALSHA, with Redis's clock (`TIME`) for
+expiries. Keys, with P the `key_prefix` (so gateways can share one Redis) and every key of one
+account under the hash tag `{acct:NAME}` (so each script touches one Redis Cluster slot):
+
+    P:{acct:NAME}:leases    ZSET  lease id -> expiry (ms); account in-flight = ZCARD
+    P:{acct:NAME}:holders   HASH  lease id -> tenant
+    P:{acct:NAME}:inflight  HASH  tenant -> leases held (field dropped at 0)
+    P:{acct:NAME}:waiters   ZSET  ticket id -> expiry (ms), renewed by the ticket's replica
+    P:{acct:NAME}:tickets   HASH  ticket id -> "TENANT\\nSEQ", its place in the queue
+    P:{acct:NAME}:queue     HASH  "TENANT\\nSEQ" -> ticket id: one FIFO per tenant
+    P:{acct:NAME}:qstate    HASH  per tenant: head, tail, length, round-robin credit
+    P:{acct:NAME}:ring      LIST  tenants with waiters, in round-robin order
+    P:{acct:NAME}:tenants   HASH  tenant -> "LIMIT WEIGHT" (dispatch needs other tenants')
+    P:grants:REPLICA        pub/sub channel: ticket ids just given a slot
+
+Ids are "REPLICA-N"; a ticket that gets a slot becomes the lease of the same id. When idle, an
+account leaves only its `tenants` hash behind.
+
+Scripts: `acquire` leases at once when the tenant has no one queued and both pools have room (one
+round trip), else queues a ticket. `release` drops a lease or withdraws a ticket, whichever the
+id is (so a timeout or cancellation racing a grant never leaks the slot; a second call is a
+no-op), and hands freed slots to waiting tenants in turn, PUBLISHing each grant. `heartbeat` is
+each replica's periodic call per account: renew its leases every lease_ttl_s/3, keep its tickets
+alive, purge what dead replicas left (their leases come back within lease_ttl_s), dispatch, and
+report its tickets and the pools' state (cached for `pools()`).
+
+Waiting: each replica holds one pub/sub subscription and a future per ticket; a grant wakes the
+waiter at once. The heartbeat, every min(1 s, lease_ttl_s/4), is only the safety net.
+
+Redis trouble: with on_redis_error=local the limiter falls back to an in-process
+`MemoryLimiter` with the same limits (per process, so N replicas may admit N times the limit),
+logs once, PINGs every second and returns to the shared limits when Redis answers. With
+`reject` it raises `Unavailable` meanwhile. Leases release where they were granted; releases
+that fail are retried once Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.config import Account, LimiterSettings, Tenant
+from gateway.errors import Unavailable, retry_headers
+from gateway.limits.base import (
+    AdaptiveLimits,
+    HoldTimes,
+    Lease,
+    Limiter,
+    PoolState,
+    queue_timeout,
+)
+from gateway.limits.memory import MemoryLimiter
+
+logger = logging.getLogger(__name__)
+
+# What Redis in trouble looks like. Only ever caught around Redis calls: the builtin
+# TimeoutError of a queue timeout is an OSError too.
+_TROUBLE = (RedisError, OSError)
+# Short, so a dead or hung Redis is noticed within seconds, not minutes.
+_SOCKET_TIMEOUT_S = 2.0
+_KEYS = (
+    "leases",
+    "holders",
+    "inflight",
+    "waiters",
+    "tickets",
+    "queue",
+    "qstate",
+    "ring",
+    "tenants",
+)
+
+_Status = Literal["granted", "lost", "down"]
+
+
+def _lua(name: str) -> str:
+    return resources.files("gateway.limits").joinpath(name).read_text()
+
+
+def _tag(text: str) -> str:
+    """Keep braces out of names, so the hash tag is always `{acct:NAME}`."""
+    return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def _connect(settings: LimiterSettings) -> tuple[Redis, Sentinel | None]:
+    common: dict[str, Any] = {
+        "socket_timeout": _SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": _SOCKET_TIMEOUT_S,
+        "retry": Retry(NoBackoff(), 1),  # one immediate retry, then fall back
+        "decode_responses": True,
+    }
+    sentinel_settings = settings.sentinel
+    if sentinel_settings is None:
+        return Redis.from_url(settings.redis_url, **common), None
+    # With Sentinel, redis_url names no host: only the database and its credentials.
+    url = parse_url(settings.redis_url)
+    target: dict[str, Any] = {k: v for k, v in url.items() if k in ("db", "username", "password")}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(sentinel_settings.nodes),
+        sentinel_kwargs={
+            "password": sentinel_settings.password,
+            "socket_timeout": _SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": _SOCKET_TIMEOUT_S,
+            "retry": Retry(NoBackoff(), 1),
+        },
+        **common,
+    )
+    ssl = settings.redis_url.startswith("rediss://")
+    client = sentinel.master_for(sentinel_settings.master, ssl=ssl, **target)
+    return client, sentinel
+
+
+@dataclass(eq=False)
+class _Account:
+    name: str
+    keys: list[str]
+    configured: int
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    held: dict[str, _RedisLease] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)  # ids whose release must be retried
+
+
+@dataclass(eq=False)
+class _Ticket:
+    account: _Account
+    future: asyncio.Future[_Status]
+    enqueued: bool = False  # only then may the heartbeat ask about it
+
+
+class _RedisLease(Lease):
+    __slots__ = (
+        "_account",
+        "_epoch",
+        "_id",
+        "_limiter",
+        "_released",
+        "_start",
+        "queue_s",
+        "tenant",
+    )
+
+    def __init__(
+        self, limiter: RedisLimiter, account: _Account, lease_id: str, tenant: str, queue_s: float
+    ) -> None:
+        self._limiter = limiter
+        self._account = account
+        self._id = lease_id
+        self.tenant = tenant
+        self._epoch = limiter._epoch
+        self._released = False
+        self._start = time.monotonic()
+        self.queue_s = queue_s
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        await self._limiter._release_lease(self, time.monotonic() - self._start)
+
+
+class RedisLimiter(Limiter):
+    def __init__(
+        self,
+        settings: LimiterSettings,
+        *,
+        adaptive: AdaptiveLimits | None = None,
+        probe_interval_s: float = 1.0,
+    ) -> None:
+        self._settings = settings
+        self._ttl_ms = max(1, round(settings.lease_ttl_s * 1000))
+        self._beat_s = min(1.0, settings.lease_ttl_s / 4)
+        self._renew_s = settings.lease_ttl_s / 3
+        self._probe_s = probe_interval_s
+        self._prefix = _tag(settings.key_prefix)
+        self._replica = uuid.uuid4().hex[:16]
+        self._ids = itertools.count()
+        self._channels = f"{self._prefix}:grants:"
+        self._channel = self._channels + self._replica
+        self._adaptive = adaptive if adaptive is not None else AdaptiveLimits()
+        self._local = MemoryLimiter(self._adaptive)
+        self._holds = HoldTimes()
+        self._accounts: dict[str, _Account] = {}
+        self._tickets: dict[str, _Ticket] = {}
+        self._states: dict[str, list[PoolState]] = {}
+        self._degraded = False
+        self._epoch = 0  # outages so far: a lease lost across one is no surprise
+        self._runner: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._ops: set[asyncio.Task[int]] = set()
+        self._client, self._sentinel = _connect(settings)
+        lib = _lua("redis_lib.lua")
+        self._acquire_lua = self._client.register_script(lib + _lua("redis_acquire.lua"))
+        self._release_lua = self._client.register_script(lib + _lua("redis_release.lua"))
+        self._heartbeat_lua = self._client.register_script(lib + _lua("redis_heartbeat.lua"))
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is unreachable and limits are per process (or requests refused)."""
+        return self._degraded
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self._client.ping()
+            for script in (self._acquire_lua, self._release_lua, self._heartbeat_lua):
+                script.sha = await self._client.script_load(script.script)
+            await self._subscribe()
+        except _TROUBLE as exc:
+            self._went_down(exc)
+        self._runner = asyncio.create_task(self._run(), name="redis-limiter")
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._runner, self._listener) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._runner = self._listener = None
+        # Requests still holding slots at shutdown will not finish here: hand the slots back.
+        for acct in self._accounts.values():
+            for lease in acct.held.values():
+                lease._released = True
+                acct.pending.add(lease._id)
+            acct.held.clear()
+        if self._ops:
+            await asyncio.wait(self._ops, timeout=_SOCKET_TIMEOUT_S)
+        if not self._degraded:
+            try:
+                await asyncio.gather(*(self._retry_releases(a) for a in self._accounts.values()))
+            except _TROUBLE as exc:
+                logger.warning("limiter: could not hand slots back to Redis at shutdown: %s", exc)
+        await self._local.close()
+        await self._client.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
+
+    async def ready(self) -> tuple[bool, str]:
+        if not self._degraded:
+            return True, "redis: shared limits"
+        if self._settings.on_redis_error == "reject":
+            return False, "redis unreachable: refusing requests (on_redis_error=reject)"
+        return True, "degraded: redis unreachable, per-process limits (on_redis_error=local)"
+
+    # -- acquire and release ---------------------------------------------------------------
+
+    async def acquire(self, account: Account, tenant: Tenant, timeout_s: float) -> Lease:
+        acct = self._account(account, tenant)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        if not self._degraded:
+            lease = await self._acquire_shared(acct, tenant, deadline)
+            if lease is not None:
+                return lease
+        if self._settings.on_redis_error == "reject":
+            raise Unavailable(
+                "The shared concurrency limiter (Redis) is unreachable; retry shortly.",
+                headers=retry_headers(self._probe_s),
+            )
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        return await self._local.acquire(account, tenant, remaining)
+
+    async def _acquire_shared(
+        self, acct: _Account, tenant: Tenant, deadline: float
+    ) -> _RedisLease | None:
+        """A lease from Redis, or None if Redis failed us (the caller falls back)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        lease_id = f"{self._replica}-{next(self._ids):x}"
+        # Registered before the script runs: its grant may be published before the reply.
+        ticket = _Ticket(acct, loop.create_future())
+        self._tickets[lease_id] = ticket
+        try:
+            while True:
+                try:
+                    leased = await self._acquire_lua(
+                        keys=acct.keys,
+                        args=[
+                            lease_id,
+                            tenant.name,
+                            tenant.max_concurrency,
+                            tenant.weight,
+                            self._limit(acct),
+                            self._ttl_ms,
+                            self._ttl_ms,
+                            self._channels,
+                        ],
+                    )
+                except _TROUBLE as exc:
+                    acct.pending.add(lease_id)  # it may have run: withdraw once Redis is back
+                    self._went_down(exc)
+                    return None
+                if not leased:
+                    ticket.enqueued = True
+                    async with asyncio.timeout_at(deadline):
+                        status = await ticket.future
+                    if status == "down":
+                        acct.pending.add(lease_id)
+                        return None
+                    if status == "lost":  # purged while we were cut off: queue again
+                        ticket.future = loop.create_future()
+                        ticket.enqueued = False
+                        continue
+                return self._lease(acct, lease_id, tenant, loop.time() - start)
+        except BaseException as exc:
+            queued = await asyncio.shield(self._spawn_release(acct, lease_id))
+            if isinstance(exc, TimeoutError):
+                wait = self._holds.estimate_wait(acct.name, queued, self._limit(acct))
+                raise queue_timeout(tenant, loop.time() - start, wait) from None
+            raise
+        finally:
+            self._tickets.pop(lease_id, None)
+
+    def _lease(self, acct: _Account, lease_id: str, tenant: Tenant, queue_s: float) -> _RedisLease:
+        lease = _RedisLease(self, acct, lease_id, tenant.name, queue_s)
+        acct.held[lease_id] = lease
+        return lease
+
+    async def _release_lease(self, lease: _RedisLease, held_s: float) -> None:
+        acct = lease._account
+        acct.held.pop(lease._id, None)
+        self._holds.observe(acct.name, held_s)
+        # Shielded: a caller cancelled mid-release must not leave the slot taken.
+        await asyncio.shield(self._spawn_release(acct, lease._id))
+
+    def _spawn_release(self, acct: _Account, lease_id: str) -> asyncio.Task[int]:
+        task = asyncio.create_task(self._release(acct, lease_id))
+        self._ops.add(task)
+        task.add_done_callback(self._ops.discard)
+        return task
+
+    async def _release(self, acct: _Account, lease_id: str) -> int:
+        """Drop the lease or ticket `lease_id`; return how many still queue in the account."""
+        if self._degraded:
+            acct.pending.add(lease_id)
+            return self._queued(acct)
+        try:
+            _, queued = await self._release_lua(
+                keys=acct.keys, args=[lease_id, self._limit(acct), self._ttl_ms, self._channels]
+            )
+        except _TROUBLE as exc:
+            acct.pending.add(lease_id)
+            self._went_down(exc)
+            return self._queued(acct)
+        acct.pending.discard(lease_id)
+        return int(queued)
+
+    async def _retry_releases(self, acct: _Account) -> None:
+        for lease_id in list(acct.pending):
+            await self._release_lua(
+                keys=acct.keys, args=[lease_id, self._limit(acct), self._ttl_ms, self._channels]
+            )
+            acct.pending.discard(lease_id)
+
+    # -- pools and the adaptive limit -------------------------------------------------------
+
+    def _account(self, account: Account, tenant: Tenant) -> _Account:
+        acct = self._accounts.get(account.name)
+        if acct is None:
+            base = f"{self._prefix}:{{acct:{_tag(account.name)}}}:"
+            acct = _Account(account.name, [base + k for k in _KEYS], account.max_concurrency)
+            self._accounts[account.name] = acct
+        acct.configured = account.max_concurrency  # follows config reloads
+        acct.tenants[tenant.name] = tenant
+        return acct
+
+    def _limit(self, acct: _Account) -> int:
+        return self._adaptive.limit(acct.name, acct.configured)
+
+    def _queued(self, acct: _Account) -> int:
+        for state in self._states.get(acct.name, ()):
+            if state.name == f"account:{acct.name}":
+                return state.queued
+        return 0
+
+    def upstream_saturated(self, account: str) -> None:
+        # Per replica: each one backs off from what it sees, the sum follows.
+        acct = self._accounts.get(account)
+        if acct is not None:
+            self._adaptive.saturated(account, acct.configured)
+
+    def pools(self) -> list[PoolState]:
+        if self._degraded:
+            return self._local.pools()
+        return [state for states in self._states.values() for state in states]
+
+    # -- background: heartbeat, grants, outages ---------------------------------------------
+
+    async def _run(self) -> None:
+        next_renewal = 0.0
+        while True:
+            if self._degraded:
+                await asyncio.sleep(self._probe_s)
+                try:
+                    await self._client.ping()
+                    await self._subscribe()
+                except _TROUBLE:
+                    continue
+                self._came_back()
+                next_renewal = 0.0  # renew whatever survived the outage at once
+            started = time.monotonic()
+            renew = started >= next_renewal
+            results = await asyncio.gather(
+                *(self._heartbeat(acct, renew) for acct in list(self._accounts.values())),
+                return_exceptions=True,
+            )
+            trouble = next((r for r in results if isinstance(r, BaseException)), None)
+            if trouble is not None:
+                if not isinstance(trouble, _TROUBLE):
+                    raise trouble
+                self._went_down(trouble)
+                continue
+            if renew:
+                next_renewal = started + self._renew_s
+            await asyncio.sleep(self._beat_s)
+
+    async def _heartbeat(self, acct: _Account, renew: bool) -> None:
+        await self._retry_releases(acct)
+        leases = list(acct.held) if renew else []
+        tickets = [i for i, t in self._tickets.items() if t.account is acct and t.enqueued]
+        tenants = list(acct.tenants.values())
+        args: list[str | int] = [self._limit(acct), self._ttl_ms, self._ttl_ms, self._channels]
+        args += [len(leases), *leases, len(tickets), *tickets]
+        args += [len(tenants), *(t.name for t in tenants)]
+        lost, statuses, state = await self._heartbeat_lua(keys=acct.keys, args=args)
+        for lease_id in lost:
+            lease = acct.held.pop(lease_id, None)
+            if lease is None:
+                continue
+            if lease._epoch == self._epoch:
+                logger.warning(
+                    "limiter: a lease of tenant %r expired before it was renewed (event loop "
+                    "stalled?); its slot may be handed out twice",
+                    lease.tenant,
+                )
+            else:
+                logger.info(
+                    "limiter: a lease of tenant %r did not survive the outage", lease.tenant
+                )
+        for ticket_id, status in zip(tickets, statuses, strict=True):
+            ticket = self._tickets.get(ticket_id)
+            if ticket is not None and not ticket.future.done() and status != 0:
+                ticket.future.set_result("granted" if status == 1 else "lost")
+        states = [PoolState(f"account:{acct.name}", self._limit(acct), state[0], state[1])]
+        for i, tenant in enumerate(tenants):
+            held, queued = state[2 + 2 * i], state[3 + 2 * i]
+            states.append(PoolState(f"tenant:{tenant.name}", tenant.max_concurrency, held, queued))
+        self._states[acct.name] = states
+
+    async def _subscribe(self) -> None:
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.subscribe(self._channel)
+        except BaseException:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        self._listener = asyncio.create_task(self._listen(pubsub), name="redis-limiter-grants")
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        try:
+            async for message in pubsub.listen():
+                if message["type"] != "message":
+                    continue
+                ticket = self._tickets.get(message["data"])
+                if ticket is not None and not ticket.future.done():
+                    ticket.future.set_result("granted")
+        except _TROUBLE as exc:
+            if self._listener is asyncio.current_task():
+                self._listener = None
+            self._went_down(exc)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self._degraded:
+            return
+        self._degraded = True
+        self._epoch += 1
+        if self._settings.on_redis_error == "reject":
+            then = "refusing requests with 503 (on_redis_error=reject)"
+        else:
+            then = "serving with per-process limits (on_redis_error=local)"
+        logger.warning("limiter: Redis unreachable (%s); %s until it answers", exc, then)
+        if self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+        for ticket in self._tickets.values():
+            if not ticket.future.done():
+                ticket.future.set_result("down")
+
+    def _came_back(self) -> None:
+        self._degraded = False
+        logger.info("limiter: Redis answers again; back to shared limits")
