@@ -183,6 +183,9 @@ def test_budget_cuts_off_before_upstream(fresh: Proc, fake: Proc) -> None:
     assert (
         metric(s, "gateway_errors_total", tenant="ads", model=LLAMA, reason="budget_exceeded") == 1
     )
+    assert metric(s, "gateway_tenant_budget_usd", tenant="ads") == 0.000004
+    spent = 2 * (prompt_tokens(USER) + 8) * 0.22 / 1e6
+    assert metric(s, "gateway_tenant_month_spend_usd", tenant="ads") == pytest.approx(spent)
     usage = httpx.get(fresh.url + "/v1/usage", headers={"Authorization": f"Bearer {ADS_KEY}"})
     assert usage.json()["remaining_usd"] == 0
     assert usage.json()["budget_usd"] == 0.000004
