@@ -6,6 +6,7 @@ closed there. Every error, the framework's own 404/405/422 included, leaves in O
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from starlette.routing import Route
 from gateway.auth import AuthMiddleware
 from gateway.config import Settings
 from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, NotFound
+from gateway.lifecycle import Lifecycle, install_sighup, watch_config
 from gateway.middleware import RequestContextMiddleware
 from gateway.routers import health, openai, usage
 from gateway.routers.chat import ChatCompletions
@@ -59,14 +61,23 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _render(GatewayError(f"The gateway had an internal error (request id {rid})."))
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(settings)
         app.state.runtime = runtime
+        wake = asyncio.Event()
+        install_sighup(wake)
+        watcher = None
+        if settings.files:
+            poll_s = settings.server.reload_poll_s
+            watcher = asyncio.create_task(watch_config(runtime, poll_s, wake))
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             await runtime.close()
 
     app = FastAPI(
@@ -76,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
+    app.state.lifecycle = lifecycle or Lifecycle()
     app.router.routes.append(
         Route("/v1/chat/completions", ChatCompletions(), methods=["POST"], include_in_schema=False)
     )

@@ -26,7 +26,7 @@ OTHER = "other"
 
 class Catalog:
     def __init__(self, settings: Settings, client: UpstreamClient) -> None:
-        self._settings = settings
+        self.settings = settings
         self._client = client
         self._cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -52,7 +52,7 @@ class Catalog:
                     logger.warning("upstream /models failed; serving the cached list")
                     return cached[1]
                 raise
-            ttl = self._settings.upstream.models_cache_ttl_s
+            ttl = self.settings.upstream.models_cache_ttl_s
             self._cache[account.name] = (time.monotonic() + ttl, models)
             self._seen.update(str(m.get("id")) for m in models)
             return models
@@ -82,13 +82,13 @@ class Catalog:
 
     async def list_for(self, tenant: Tenant) -> list[dict[str, Any]]:
         """Upstream's models narrowed to the tenant's allow-list, plus the aliases of those."""
-        account = self._settings.accounts[tenant.account]
+        account = self.settings.accounts[tenant.account]
         upstream = await self.upstream_models(account, tenant.project)
         allowed = [m for m in upstream if self.allowed(tenant, m["id"])]
         listed = {m["id"]: m for m in allowed}
         aliases = [
             {**listed[target], "id": alias, "root": target}
-            for alias, target in self._settings.aliases.items()
+            for alias, target in self.settings.aliases.items()
             if target in listed
         ]
         return allowed + aliases

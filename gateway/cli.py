@@ -67,8 +67,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **common)
     else:
         from gateway.app import create_app
+        from gateway.lifecycle import GracefulServer, Lifecycle
 
-        uvicorn.run(create_app(settings), **common)
+        lifecycle = Lifecycle()
+        grace = settings.server.shutdown_grace_s
+        # uvicorn's own grace covers what is left after ours (see gateway.lifecycle).
+        common["timeout_graceful_shutdown"] = 5
+        config = uvicorn.Config(create_app(settings, lifecycle), **common)
+        GracefulServer(config, lifecycle, grace).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> None:

@@ -67,6 +67,10 @@ class ServerSettings:
     max_body_bytes: int = 32 * 1024 * 1024
     admin_keys: frozenset[str] = frozenset()
     access_log: bool = True
+    # On SIGTERM: how long in-flight requests and streams may take to finish before exit.
+    shutdown_grace_s: float = 30.0
+    # How often the config file (and keys files) are checked for changes; 0 turns it off.
+    reload_poll_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class Settings:
     source: str = "<memory>"
     aliases: Mapping[str, str] = field(default_factory=dict)  # alias -> upstream id
     tenant_by_key_hash: Mapping[str, Tenant] = field(default_factory=dict, repr=False)
+    files: tuple[str, ...] = ()  # the config file and every keys_file: what a reload watches
 
     def resolve_model(self, name: str) -> str:
         return self.aliases.get(name, name)
@@ -216,6 +221,11 @@ def _nonneg_int(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     raise ValueError(f"must be a non-negative integer, got {value!r}")
+
+
+def _nonneg(c: _Checker, data: dict[str, Any], path: str, key: str, default: float) -> float:
+    value = c.get(data, path, key, _price)  # any number >= 0
+    return default if value is None else value
 
 
 def _pos_float(value: Any) -> float:
@@ -397,7 +407,15 @@ def parse_settings(
     srv = c.section(
         top.get("server"),
         "server",
-        {"host", "port", "max_body_bytes", "admin_keys", "access_log"},
+        {
+            "host",
+            "port",
+            "max_body_bytes",
+            "admin_keys",
+            "access_log",
+            "shutdown_grace_s",
+            "reload_poll_s",
+        },
     )
     d_srv = ServerSettings()
     server = ServerSettings(
@@ -408,6 +426,9 @@ def parse_settings(
             _key_hashes(c, "server.admin_keys", c.get(srv, "server", "admin_keys", _str_list) or [])
         ),
         access_log=bool(c.get(srv, "server", "access_log", _bool, True)),
+        shutdown_grace_s=c.get(srv, "server", "shutdown_grace_s", _pos_float)
+        or d_srv.shutdown_grace_s,
+        reload_poll_s=_nonneg(c, srv, "server", "reload_poll_s", d_srv.reload_poll_s),
     )
 
     accounts: dict[str, Account] = {}
@@ -445,6 +466,7 @@ def parse_settings(
 
     tenants: dict[str, Tenant] = {}
     by_hash: dict[str, Tenant] = {}
+    files = [source] if source != "<memory>" else []
     ten_raw = c.section(top.get("tenants"), "tenants", set(top.get("tenants") or {}))
     if not ten_raw:
         c.fail("tenants", "at least one tenant (who may call the gateway) is required")
@@ -471,6 +493,7 @@ def parse_settings(
         if keys_file:
             file = Path(keys_file)
             file = file if file.is_absolute() else base_dir / file
+            files.append(str(file))
             hashes |= _key_hashes(
                 c, f"{p}.keys_file({file})", _read_keys_file(c, f"{p}.keys_file", file)
             )
@@ -521,6 +544,7 @@ def parse_settings(
         source=source,
         aliases=aliases,
         tenant_by_key_hash=by_hash,
+        files=tuple(files),
     )
 
 

@@ -13,6 +13,10 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import Unavailable
+from gateway.lifecycle import PROBE_PATHS
+from gateway.responses import send_error
+
 access_log = logging.getLogger("gateway.access")
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
@@ -50,9 +54,26 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
+        lifecycle = scope["app"].state.lifecycle
+        counted = scope["path"] not in PROBE_PATHS
+        if counted and lifecycle.draining:
+            await send_error(
+                send_with_id,
+                Unavailable(
+                    "The gateway is shutting down; retry, another replica will answer.",
+                    headers={"retry-after": "1", "connection": "close"},
+                ),
+            )
+            state["error_reason"] = "shutting_down"
+            counted = False
+        elif counted:
+            lifecycle.enter()
         try:
-            await self.app(scope, receive, send_with_id)
+            if status == 0:
+                await self.app(scope, receive, send_with_id)
         finally:
+            if counted:
+                lifecycle.leave()
             if self.log:
                 tenant = state.get("tenant")
                 access_log.info(

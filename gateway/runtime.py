@@ -1,12 +1,13 @@
-"""The objects one running app holds, made in the lifespan and closed there."""
+"""The objects one running app holds, made in the lifespan and closed there, and the parts of
+them that a config reload may change (tenants, keys, limits, prices, aliases)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
 
 from gateway.catalog import Catalog
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings, load_settings
 from gateway.limits import Limiter, MemoryLimiter
 from gateway.metrics import LiveState, Metrics
 from gateway.proxy import Proxy
@@ -24,35 +25,27 @@ def make_limiter(settings: Settings) -> Limiter:
     return MemoryLimiter()
 
 
-@dataclass
 class Runtime:
-    settings: Settings
-    client: UpstreamClient
-    limiter: Limiter
-    catalog: Catalog
-    metrics: Metrics
-    proxy: Proxy
-    usage: UsageStore
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = UpstreamClient.create(settings.upstream)
+        self.limiter = make_limiter(settings)
+        self.usage: UsageStore = MemoryUsageStore()
+        self.catalog = Catalog(settings, self.client)
+        self.metrics = Metrics(
+            LiveState(
+                pools=self.limiter.pools,
+                degraded=lambda: bool(getattr(self.limiter, "degraded", False)),
+                budgets=self._budgets,
+                month_spend=lambda: self.usage.last_seen,
+            )
+        )
+        self.proxy = Proxy(self.client, self.limiter, self.metrics)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
-        client = UpstreamClient.create(settings.upstream)
-        limiter = make_limiter(settings)
-        await limiter.start()
-        usage = MemoryUsageStore()
-        budgets = {
-            t.name: t.monthly_budget_usd
-            for t in settings.tenants.values()
-            if t.monthly_budget_usd is not None
-        }
-        metrics = Metrics(
-            LiveState(
-                pools=limiter.pools,
-                degraded=lambda: bool(getattr(limiter, "degraded", False)),
-                budgets=lambda: budgets,
-                month_spend=lambda: usage.last_seen,
-            )
-        )
+        runtime = cls(settings)
+        await runtime.limiter.start()
         logger.info(
             "gateway ready: %d account(s), %d tenant(s), %d priced model(s), limiter %s, "
             "upstream %s",
@@ -62,15 +55,51 @@ class Runtime:
             settings.limiter.backend,
             settings.upstream.base_url,
         )
-        return cls(
-            settings=settings,
-            client=client,
-            limiter=limiter,
-            catalog=Catalog(settings, client),
-            metrics=metrics,
-            proxy=Proxy(client, limiter, metrics),
-            usage=usage,
+        return runtime
+
+    def _budgets(self) -> dict[str, float]:
+        return {
+            t.name: t.monthly_budget_usd
+            for t in self.settings.tenants.values()
+            if t.monthly_budget_usd is not None
+        }
+
+    def reload(self) -> bool:
+        """Read the config file again and apply what can change live; keep the old on error.
+
+        Requests in flight keep the tenant and account they started with.
+        """
+        old = self.settings
+        try:
+            new = load_settings(old.source)
+        except ConfigError as exc:
+            logger.error(
+                "config reload refused, the running config stays in force: %s",
+                "; ".join(exc.problems),
+            )
+            return False
+        fixed = [
+            name for name in ("upstream", "limiter") if getattr(new, name) != getattr(old, name)
+        ]
+        server = dataclasses.replace(old.server, admin_keys=new.server.admin_keys)
+        if server != new.server:
+            fixed.append("server")
+        if fixed:
+            logger.warning(
+                "config reload: changes to %s take effect only after a restart", ", ".join(fixed)
+            )
+        new = dataclasses.replace(new, upstream=old.upstream, limiter=old.limiter, server=server)
+        self.settings = new
+        self.catalog.settings = new
+        keys = sum(len(t.key_hashes) for t in new.tenants.values())
+        logger.info(
+            "config reloaded from %s: %d tenant(s), %d key(s), %d model(s)",
+            new.source,
+            len(new.tenants),
+            keys,
+            len(new.models),
         )
+        return True
 
     async def close(self) -> None:
         await self.usage.close()

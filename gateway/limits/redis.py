@@ -54,6 +54,8 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.config import Account, LimiterSettings, Tenant
@@ -75,6 +77,9 @@ logger = logging.getLogger(__name__)
 _TROUBLE = (RedisError, OSError)
 # Short, so a dead or hung Redis is noticed within seconds, not minutes.
 _SOCKET_TIMEOUT_S = 2.0
+# Redis calls in flight at once: more wait their turn instead of opening connections without
+# end (the pool refuses past 100), and each holds its connection for one round trip only.
+_MAX_CALLS = 64
 _KEYS = (
     "leases",
     "holders",
@@ -204,6 +209,7 @@ class RedisLimiter(Limiter):
         self._runner: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._ops: set[asyncio.Task[int]] = set()
+        self._calls = asyncio.Semaphore(_MAX_CALLS)
         self._client, self._sentinel = _connect(settings)
         lib = _lua("redis_lib.lua")
         self._acquire_lua = self._client.register_script(lib + _lua("redis_acquire.lua"))
@@ -288,9 +294,10 @@ class RedisLimiter(Limiter):
         try:
             while True:
                 try:
-                    leased = await self._acquire_lua(
-                        keys=acct.keys,
-                        args=[
+                    leased = await self._call(
+                        self._acquire_lua,
+                        acct.keys,
+                        [
                             lease_id,
                             tenant.name,
                             tenant.max_concurrency,
@@ -305,6 +312,8 @@ class RedisLimiter(Limiter):
                     acct.pending.add(lease_id)  # it may have run: withdraw once Redis is back
                     self._went_down(exc)
                     return None
+                if leased and not ticket.enqueued:
+                    return self._lease(acct, lease_id, tenant, 0.0)  # no queueing at all
                 if not leased:
                     ticket.enqueued = True
                     async with asyncio.timeout_at(deadline):
@@ -325,6 +334,12 @@ class RedisLimiter(Limiter):
             raise
         finally:
             self._tickets.pop(lease_id, None)
+
+    async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        async with self._calls:
+            if self._degraded:  # went down while this call waited its turn: fail fast
+                raise RedisConnectionError("Redis is unreachable")
+            return await script(keys=keys, args=args)
 
     def _lease(self, acct: _Account, lease_id: str, tenant: Tenant, queue_s: float) -> _RedisLease:
         lease = _RedisLease(self, acct, lease_id, tenant.name, queue_s)
@@ -350,8 +365,10 @@ class RedisLimiter(Limiter):
             acct.pending.add(lease_id)
             return self._queued(acct)
         try:
-            _, queued = await self._release_lua(
-                keys=acct.keys, args=[lease_id, self._limit(acct), self._ttl_ms, self._channels]
+            _, queued = await self._call(
+                self._release_lua,
+                acct.keys,
+                [lease_id, self._limit(acct), self._ttl_ms, self._channels],
             )
         except _TROUBLE as exc:
             acct.pending.add(lease_id)
@@ -362,8 +379,10 @@ class RedisLimiter(Limiter):
 
     async def _retry_releases(self, acct: _Account) -> None:
         for lease_id in list(acct.pending):
-            await self._release_lua(
-                keys=acct.keys, args=[lease_id, self._limit(acct), self._ttl_ms, self._channels]
+            await self._call(
+                self._release_lua,
+                acct.keys,
+                [lease_id, self._limit(acct), self._ttl_ms, self._channels],
             )
             acct.pending.discard(lease_id)
 
@@ -437,7 +456,7 @@ class RedisLimiter(Limiter):
         args: list[str | int] = [self._limit(acct), self._ttl_ms, self._ttl_ms, self._channels]
         args += [len(leases), *leases, len(tickets), *tickets]
         args += [len(tenants), *(t.name for t in tenants)]
-        lost, statuses, state = await self._heartbeat_lua(keys=acct.keys, args=args)
+        lost, statuses, state = await self._call(self._heartbeat_lua, acct.keys, args)
         for lease_id in lost:
             lease = acct.held.pop(lease_id, None)
             if lease is None:

@@ -22,12 +22,13 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     ok, detail = await runtime.limiter.ready()
+    draining = request.app.state.lifecycle.draining
     body: dict[str, Any] = {
-        "status": "ready" if ok else "unready",
+        "status": "draining" if draining else "ready" if ok else "unready",
         "config": runtime.settings.source,
         "limiter": {"backend": runtime.settings.limiter.backend, "detail": detail},
     }
-    return JSONResponse(body, status_code=200 if ok else 503)
+    return JSONResponse(body, status_code=200 if ok and not draining else 503)
 
 
 @router.get("/metrics")

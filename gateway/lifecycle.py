@@ -1,0 +1,119 @@
+"""Process life: draining on SIGTERM, and reloading the config on SIGHUP or when it changes.
+
+SIGTERM does not stop the server at once. The gateway turns unready (`/readyz` 503), answers new
+requests with 503 (so a load balancer or client retries elsewhere), lets the requests and
+streams in flight finish within `server.shutdown_grace_s`, and only then lets uvicorn exit; the
+limiter slots are released as each request ends. A second SIGTERM, or SIGINT, exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from types import FrameType
+
+import uvicorn
+
+from gateway.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class Lifecycle:
+    """Shared by the server and the app: whether we drain, and how many requests are open."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.active = 0  # requests in progress, probes excluded
+        self.idle = asyncio.Event()  # set whenever no request is in progress
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.active += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.idle.set()
+
+
+class GracefulServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace_s: float) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.grace_s = grace_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and not self.lifecycle.draining and self._loop is not None:
+            self.lifecycle.draining = True
+            logger.info(
+                "SIGTERM: draining (%d request(s) in flight, grace %.0fs)",
+                self.lifecycle.active,
+                self.grace_s,
+            )
+            self._loop.call_soon_threadsafe(self._start_drain, sig, frame)
+            return
+        super().handle_exit(sig, frame)
+
+    def _start_drain(self, sig: int, frame: FrameType | None) -> None:
+        self._drainer = asyncio.ensure_future(self._drain(sig, frame))
+
+    async def _drain(self, sig: int, frame: FrameType | None) -> None:
+        try:
+            async with asyncio.timeout(self.grace_s):
+                await self.lifecycle.idle.wait()
+        except TimeoutError:
+            pass
+        if self.lifecycle.active:
+            logger.warning("grace period over: %d request(s) cut", self.lifecycle.active)
+        else:
+            logger.info("drained: every request finished")
+        super().handle_exit(sig, frame)
+
+
+def _stamp(paths: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    stamps = []
+    for path in paths:
+        try:
+            stamps.append((path, os.stat(path).st_mtime))
+        except OSError:
+            stamps.append((path, -1.0))
+    return tuple(stamps)
+
+
+async def watch_config(runtime: Runtime, poll_s: float, wake: asyncio.Event) -> None:
+    """Reload when the config file or a keys file changes (checked every poll_s), or on `wake`
+    (set by SIGHUP). Cheap: a stat per file per poll."""
+    seen = _stamp(runtime.settings.files)
+    while True:
+        try:
+            async with asyncio.timeout(poll_s if poll_s > 0 else None):
+                await wake.wait()
+        except TimeoutError:
+            pass
+        forced = wake.is_set()
+        wake.clear()
+        now = _stamp(runtime.settings.files)
+        if forced or now != seen:
+            logger.info("config %s: reloading", "SIGHUP" if forced else "file changed")
+            runtime.reload()
+            seen = _stamp(runtime.settings.files)
+
+
+def install_sighup(wake: asyncio.Event) -> bool:
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, wake.set)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals
+        return False
+    return True
