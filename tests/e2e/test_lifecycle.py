@@ -1,0 +1,137 @@
+"""Process life with real processes and signals: SIGTERM drains, config changes apply live."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import yaml
+
+from gateway.keys import hash_key
+from tests.e2e.helpers import USER, stats
+from tests.procs import LLAMA, SEARCH_KEY, Proc, base_config, free_port, spawn
+
+NEW_KEY = "sk-gw-test-new"
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout_s, "condition not reached in time"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def chat(gateway: Proc, key: str) -> int:
+    return httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": LLAMA, "messages": USER},
+        headers={"Authorization": f"Bearer {key}"},
+    ).status_code
+
+
+def test_sigterm_drains_in_flight_streams_and_refuses_new_work(fake: Proc) -> None:
+    config = base_config(fake.url, server__shutdown_grace_s=20)
+    path = Path(tempfile.mkdtemp()) / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    gw = spawn(["serve", "--config", str(path), "--port", str(port)], port, "/healthz", "gateway")
+    body: list[str] = []
+
+    def stream() -> None:
+        with httpx.stream(
+            "POST",
+            gw.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {SEARCH_KEY}"},
+            json={
+                "model": LLAMA,
+                "messages": USER,
+                "stream": True,
+                "x_fake": {"chunk_delay_s": 0.25},
+            },
+            timeout=30,
+        ) as resp:
+            body.append(resp.read().decode())
+
+    try:
+        reader = threading.Thread(target=stream)
+        reader.start()
+        eventually(lambda: stats(fake)["inflight"].get("wandb-test-key-0123456789") == 1)
+        gw.proc.send_signal(signal.SIGTERM)
+        eventually(lambda: httpx.get(gw.url + "/readyz").status_code == 503)
+        assert httpx.get(gw.url + "/readyz").json()["status"] == "draining"
+        refused = httpx.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": LLAMA, "messages": USER},
+            headers={"Authorization": f"Bearer {SEARCH_KEY}"},
+        )
+        assert refused.status_code == 503
+        assert refused.json()["error"]["type"] == "server_error"
+        assert refused.headers["retry-after"] == "1"
+        assert gw.proc.poll() is None  # still serving the stream
+        reader.join(timeout=15)
+        assert body and body[0].rstrip().endswith("data: [DONE]")  # finished, not cut
+        gw.proc.wait(timeout=15)  # and then it exits by itself
+        assert stats(fake)["inflight"]["wandb-test-key-0123456789"] == 0
+        assert "drained: every request finished" in gw.logs()
+    finally:
+        gw.stop(signal.SIGKILL)
+
+
+def test_keys_change_live_and_a_bad_config_is_refused(fake: Proc) -> None:
+    folder = Path(tempfile.mkdtemp())
+    keys = folder / "search.keys"
+    keys.write_text(hash_key(SEARCH_KEY) + "\n")
+    config = base_config(fake.url, server__reload_poll_s=0.2)
+    del config["tenants"]["search"]["keys"]
+    config["tenants"]["search"]["keys_file"] = "search.keys"
+    path = folder / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    gw = spawn(["serve", "--config", str(path), "--port", str(port)], port, "/healthz", "gateway")
+    try:
+        assert chat(gw, SEARCH_KEY) == 200
+        assert chat(gw, NEW_KEY) == 401
+        # a new key in the keys file works within a second or two ...
+        keys.write_text(f"{hash_key(SEARCH_KEY)}\n{hash_key(NEW_KEY)}\n")
+        assert eventually(lambda: chat(gw, NEW_KEY) == 200) < 2
+        # ... a removed one is refused as quickly
+        keys.write_text(hash_key(NEW_KEY) + "\n")
+        assert eventually(lambda: chat(gw, SEARCH_KEY) == 401) < 2
+        # an invalid config is refused with a clear log line; the old one stays in force
+        path.write_text(path.read_text().replace("account: main", "account: nowhere", 1))
+        eventually(lambda: "config reload refused" in gw.logs())
+        assert "unknown account 'nowhere'" in gw.logs()
+        assert chat(gw, NEW_KEY) == 200
+    finally:
+        gw.stop()
+
+
+def test_sighup_reloads_at_once(fake: Proc) -> None:
+    folder = Path(tempfile.mkdtemp())
+    config = base_config(fake.url, server__reload_poll_s=0)  # no polling: only SIGHUP
+    path = folder / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    gw = spawn(["serve", "--config", str(path), "--port", str(port)], port, "/healthz", "gateway")
+    try:
+        config["tenants"]["search"]["keys"].append(hash_key(NEW_KEY))
+        config["models"][LLAMA]["aliases"].append("my-llama")
+        path.write_text(yaml.safe_dump(config))
+        time.sleep(0.5)
+        assert chat(gw, NEW_KEY) == 401  # not polled
+        gw.proc.send_signal(signal.SIGHUP)
+        assert eventually(lambda: chat(gw, NEW_KEY) == 200) < 1
+        resp = httpx.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "my-llama", "messages": USER},
+            headers={"Authorization": f"Bearer {NEW_KEY}"},
+        )
+        assert resp.json()["model"] == LLAMA
+    finally:
+        gw.stop()
