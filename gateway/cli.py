@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gateway import logs
 from gateway.config import ConfigError, Settings, config_path, load_settings
-from gateway.keys import hash_key, new_key
+from gateway.keys import KeyEditError, add_to_config, hash_key, new_key
 
 logger = logging.getLogger("gateway")
 
@@ -111,6 +111,20 @@ def _redact(secret: str) -> str:
 def cmd_keys_new(args: argparse.Namespace) -> None:
     key = new_key()
     digest = hash_key(key)
+    if args.tenant:
+        path = config_path(args.config)
+        try:
+            changed = add_to_config(path, args.tenant, digest)
+        except KeyEditError as exc:
+            print(f"keys new: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
+        print(f"key:  {key}")
+        print(f"hash: {digest}")
+        print(
+            f"Added to tenants.{args.tenant} in {changed}. Running gateways pick it up within "
+            "seconds (or send SIGHUP). The key is shown only now: keep it."
+        )
+        return
     if args.save:
         file = Path(args.save)
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     keys_new = keys_sub.add_parser("new", help="print a fresh key and its hash")
     keys_new.add_argument("--save", metavar="FILE", help="also append the hash to a keys_file")
+    keys_new.add_argument("--tenant", help="also add the hash to this tenant in the config")
+    keys_new.add_argument("--config", help="with --tenant: the YAML file to edit")
     keys_new.set_defaults(func=cmd_keys_new)
 
     fake = sub.add_parser("fake-upstream", help="run the bundled W&B simulator")
