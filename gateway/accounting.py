@@ -47,5 +47,11 @@ async def account(
         metrics.spend.labels(tenant, label).inc(usd)
     try:
         await store.add(tenant, label, usage, usd)
-    except Exception:  # the request is done; losing a usage row must not fail it
-        logger.exception("could not record usage for tenant %s", tenant)
+    except Exception as exc:  # the request is done; losing a usage row must not fail it
+        store.failures += 1
+        if store.failures == 1 or store.failures % 1000 == 0:
+            logger.warning(
+                "usage store unavailable (%s): %d usage record(s) lost so far",
+                type(exc).__name__,
+                store.failures,
+            )

@@ -12,7 +12,7 @@ from gateway.limits import Limiter, MemoryLimiter
 from gateway.metrics import LiveState, Metrics
 from gateway.proxy import Proxy
 from gateway.upstream import UpstreamClient
-from gateway.usage import MemoryUsageStore, UsageStore
+from gateway.usage import MemoryUsageStore, RedisUsageStore, UsageStore
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +25,22 @@ def make_limiter(settings: Settings) -> Limiter:
     return MemoryLimiter()
 
 
+def make_usage_store(settings: Settings) -> UsageStore:
+    """Usage lives where the limiter's state lives: Redis when configured, else this process."""
+    if settings.limiter.backend == "redis":
+        from gateway.limits.redis import _connect
+
+        redis, _ = _connect(settings.limiter)
+        return RedisUsageStore(redis, settings.limiter.key_prefix)
+    return MemoryUsageStore()
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client = UpstreamClient.create(settings.upstream)
         self.limiter = make_limiter(settings)
-        self.usage: UsageStore = MemoryUsageStore()
+        self.usage = make_usage_store(settings)
         self.catalog = Catalog(settings, self.client)
         self.metrics = Metrics(
             LiveState(

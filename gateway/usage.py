@@ -19,6 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
+
 from gateway.config import Model
 
 MONTH_TTL_S = 40 * 24 * 3600
@@ -65,6 +67,7 @@ def estimate_prompt_tokens(messages: Any) -> int:
 class UsageStore(ABC):
     def __init__(self) -> None:
         self.last_seen: dict[str, float] = {}  # tenant -> month spend at the last read or write
+        self.failures = 0  # writes lost while the store was unreachable
 
     async def add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> None:
         """Count one request's usage for this month."""
@@ -130,3 +133,42 @@ def _by_model(row: dict[str, float]) -> dict[str, dict[str, float]]:
         )
         entry[names[kind]] = float(value) if kind == "usd" else int(value)
     return out
+
+
+class RedisUsageStore(UsageStore):
+    """The month's usage in Redis, shared by every replica (see the key schema above)."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        super().__init__()
+        self._redis = redis
+        self._prefix = prefix
+
+    def _key(self, tenant: str) -> str:
+        return f"{self._prefix}:usage:{month()}:{tenant}"
+
+    async def _add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> float:
+        key = self._key(tenant)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hincrby(key, f"{model}|prompt", usage.prompt_tokens)
+        pipe.hincrby(key, f"{model}|completion", usage.completion_tokens)
+        if usd is not None:
+            pipe.hincrbyfloat(key, f"{model}|usd", usd)
+            pipe.hincrbyfloat(key, "total|usd", usd)
+        pipe.expire(key, MONTH_TTL_S)
+        pipe.hget(key, "total|usd")
+        results = await pipe.execute()
+        return float(results[-1] or 0.0)
+
+    async def _spent(self, tenant: str) -> float:
+        return float(await self._redis.hget(self._key(tenant), "total|usd") or 0.0)
+
+    async def by_model(self, tenant: str) -> dict[str, dict[str, float]]:
+        row = await self._redis.hgetall(self._key(tenant))
+        return _by_model({_text(k): float(v) for k, v in row.items()})
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
