@@ -99,6 +99,10 @@ class Proxy:
                 await self._attempt(call, send, out)
                 return
             except Retryable as retry:
+                if retry.label == "upstream_concurrency":
+                    # Someone outside the gateway uses this key: stop pushing into a limit we
+                    # cannot see (the account's effective limit backs off, then recovers).
+                    self._limiter.upstream_saturated(call.account.name)
                 if out.attempts > settings.retries:
                     raise retry.final from None
                 delay = _backoff(out.attempts, settings.backoff_base_s, settings.backoff_max_s)

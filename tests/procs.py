@@ -169,12 +169,12 @@ def start_gateway(config: dict[str, Any], *extra: str, env: dict[str, str] | Non
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A private redis-server on a free port, stopped afterwards."""
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A private redis-server on a free port (or this one), stopped afterwards."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: `make test` installs Debian's package")
-    port = free_port()
+    port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="redis-")
     proc = subprocess.Popen(
         [
