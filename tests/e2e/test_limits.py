@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.e2e.helpers import USER, aclient, faults, stats
+from tests.e2e.helpers import USER, aclient, faults, stats, wait_until
 from tests.procs import (
     ADS_KEY,
     LIMITED_KEY,
@@ -39,13 +38,6 @@ def assert_pools_empty(gateway: Proc) -> None:
     assert gauges, "no pool gauges exported"
     busy = {k: v for k, v in gauges.items() if v != 0}
     assert busy == {}
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_upstream_never_sees_more_than_the_limits(gateway: Proc, fake: Proc) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -65,7 +66,9 @@ def test_exact_tokens_and_spend_after_a_mix(fresh: Proc, fake: Proc) -> None:
     c.chat.completions.create(model="gpt-4o-mini", messages=USER)
     add(LLAMA, prompt_tokens(USER), 8)
     # 2. stream without include_usage: the gateway asks for it, the client does not see it
-    chunks = list(c.chat.completions.create(model=LLAMA, messages=long_user, stream=True))
+    chunks: list[Any] = list(
+        c.chat.completions.create(model=LLAMA, messages=long_user, stream=True)
+    )
     assert all(ch.usage is None for ch in chunks) and all(ch.choices for ch in chunks)
     add(LLAMA, prompt_tokens(long_user), 8)
     # 3. stream with include_usage

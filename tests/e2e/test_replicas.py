@@ -1,0 +1,252 @@
+"""Several gateway replicas on one real redis-server: one global limit, fairness, crashes,
+Redis outages and shared budgets. Each test uses its own key prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.e2e.helpers import USER, faults, stats, wait_until
+from tests.procs import (
+    ADS_KEY,
+    LIMITED_KEY,
+    LLAMA,
+    SEARCH_KEY,
+    WANDB_KEY,
+    Proc,
+    base_config,
+    free_port,
+    redis_server,
+    start_gateway,
+)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+def redis_config(fake: Proc, url: str, **overrides: Any) -> dict[str, Any]:
+    return base_config(
+        fake.url,
+        limiter__backend="redis",
+        limiter__redis_url=url,
+        limiter__key_prefix=f"t-{uuid.uuid4().hex[:8]}",
+        **overrides,
+    )
+
+
+def replicas(config: dict[str, Any], n: int) -> list[Proc]:
+    return [start_gateway(config) for _ in range(n)]
+
+
+def leftovers(url: str, prefix: str) -> dict[str, int]:
+    """Slots and waiters still in Redis under this prefix (usage rows are not state)."""
+    client = redis.Redis.from_url(url)
+    try:
+        found = {}
+        for key in client.scan_iter(f"{prefix}:*"):
+            kind = client.type(key).decode()
+            size = {"zset": client.zcard, "list": client.llen}.get(kind)
+            if size and size(key):
+                found[key.decode()] = size(key)
+        return found
+    finally:
+        client.close()
+
+
+async def post(http: httpx.AsyncClient, gateway: Proc, key: str, **body: Any) -> httpx.Response:
+    return await http.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": LLAMA, "messages": USER, **body},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+
+
+def limits() -> httpx.Limits:
+    return httpx.Limits(max_connections=400, max_keepalive_connections=400)
+
+
+async def test_limit_is_global_across_three_replicas(fake: Proc, redis_url: str) -> None:
+    config = redis_config(fake, redis_url)
+    gws = replicas(config, 3)
+    try:
+        keys = [SEARCH_KEY] * 120 + [ADS_KEY] * 60 + [LIMITED_KEY] * 20
+        async with httpx.AsyncClient(timeout=60, limits=limits()) as http:
+            responses = await asyncio.gather(
+                *(
+                    post(http, gws[i % 3], key, x_fake={"delay_s": 0.02})
+                    for i, key in enumerate(keys)
+                )
+            )
+        assert [r.status_code for r in responses] == [200] * 200
+        s = stats(fake)
+        assert s["rejected_429"] == 0
+        assert s["max_inflight"][WANDB_KEY] == 4  # the account's max_concurrency, never more
+        assert s["max_inflight_project"]["acme/ads"] <= 2
+        assert s["max_inflight_project"]["acme/limited"] == 1
+        assert leftovers(redis_url, config["limiter"]["key_prefix"]) == {}
+    finally:
+        for gw in gws:
+            gw.stop()
+
+
+async def test_light_tenant_is_not_stuck_behind_a_flood(fake: Proc, redis_url: str) -> None:
+    """`search` floods the account (4 slots) with 40 requests at a time from two replicas,
+    10x its capacity; `ads` sends one request at a time. Round-robin across tenants means
+    `ads` waits about one slot turnover, not behind the whole queue."""
+    config = redis_config(fake, redis_url)
+    gws = replicas(config, 2)
+    light: list[float] = []
+    flood: list[float] = []
+    try:
+        async with httpx.AsyncClient(timeout=60, limits=limits()) as http:
+            stop = time.monotonic() + 4.0
+
+            async def flooder(i: int) -> None:
+                while time.monotonic() < stop:
+                    r = await post(http, gws[i % 2], SEARCH_KEY, x_fake={"delay_s": 0.1})
+                    assert r.status_code == 200
+                    flood.append(int(r.headers["x-gateway-queue-ms"]))
+
+            async def light_caller() -> None:
+                await asyncio.sleep(0.5)  # let the flood build its queue
+                while time.monotonic() < stop:
+                    r = await post(http, gws[1], ADS_KEY, x_fake={"delay_s": 0.1})
+                    assert r.status_code == 200
+                    light.append(int(r.headers["x-gateway-queue-ms"]))
+
+            await asyncio.gather(*(flooder(i) for i in range(40)), light_caller())
+    finally:
+        for gw in gws:
+            gw.stop()
+    light_p50 = statistics.median(light)
+    flood_p50 = statistics.median(flood)
+    light_p99 = statistics.quantiles(light, n=100)[98] if len(light) > 1 else light[0]
+    print(
+        f"\nqueue wait under a 10x flood: light tenant p50 {light_p50:.0f} ms, "
+        f"p99 {light_p99:.0f} ms ({len(light)} requests); "
+        f"flooding tenant p50 {flood_p50:.0f} ms ({len(flood)} requests)"
+    )
+    assert len(light) >= 5
+    assert light_p50 * 3 < flood_p50
+
+
+async def test_a_killed_replica_gives_its_slots_back(fake: Proc, redis_url: str) -> None:
+    config = redis_config(fake, redis_url, limiter__lease_ttl_s=1.0)
+    doomed, survivor = replicas(config, 2)
+    try:
+        faults(fake, {"kind": "hang"})
+        async with httpx.AsyncClient(timeout=60) as http:
+            holder = asyncio.create_task(post(http, doomed, LIMITED_KEY))  # takes the one slot
+            await wait_until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1)
+            doomed.proc.send_signal(signal.SIGKILL)
+            doomed.proc.wait()
+            started = time.monotonic()
+            r = await post(http, survivor, LIMITED_KEY)
+            waited = time.monotonic() - started
+            with pytest.raises(httpx.TransportError):
+                await holder
+        assert r.status_code == 200
+        assert waited < 1.0 + 1.5  # the lease TTL, plus the waiters' safety tick
+        print(f"\nslot of a SIGKILLed replica came back after {waited:.2f}s (lease_ttl_s 1.0)")
+    finally:
+        survivor.stop()
+
+
+async def test_stream_longer_than_the_lease_keeps_its_slot(fake: Proc, redis_url: str) -> None:
+    config = redis_config(fake, redis_url, limiter__lease_ttl_s=0.6)
+    a, b = replicas(config, 2)
+    try:
+        async with httpx.AsyncClient(timeout=60) as http:
+            long = asyncio.create_task(
+                post(http, a, LIMITED_KEY, stream=True, x_fake={"chunk_delay_s": 0.3})
+            )  # about 2.4 s, four lease TTLs
+            await wait_until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1)
+            other = await post(http, b, LIMITED_KEY)
+            assert (await long).text.rstrip().endswith("[DONE]")
+        assert other.status_code == 200
+        assert int(other.headers["x-gateway-queue-ms"]) > 1500  # it waited for the stream
+        assert stats(fake)["max_inflight_project"]["acme/limited"] == 1
+    finally:
+        a.stop()
+        b.stop()
+
+
+def metric_value(gateway: Proc, name: str) -> float:
+    for line in httpx.get(gateway.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+def test_redis_outage_is_not_an_outage(fake: Proc) -> None:
+    port = free_port()
+    with redis_server(port) as url:
+        gw = start_gateway(redis_config(fake, url))
+    try:  # Redis is gone now
+        for _ in range(3):
+            r = httpx.post(
+                gw.url + "/v1/chat/completions",
+                json={"model": LLAMA, "messages": USER},
+                headers={"Authorization": f"Bearer {SEARCH_KEY}"},
+            )
+            assert r.status_code == 200
+        ready = httpx.get(gw.url + "/readyz").json()
+        assert "local" in ready["limiter"]["detail"]
+        assert metric_value(gw, "gateway_limiter_degraded") == 1
+        with redis_server(port):
+            deadline = time.monotonic() + 10
+            while metric_value(gw, "gateway_limiter_degraded") != 0:
+                assert time.monotonic() < deadline, "never went back to the shared limiter"
+                time.sleep(0.1)
+            r = httpx.post(
+                gw.url + "/v1/chat/completions",
+                json={"model": LLAMA, "messages": USER},
+                headers={"Authorization": f"Bearer {SEARCH_KEY}"},
+            )
+            assert r.status_code == 200
+        logs = gw.logs()
+        assert logs.count("per-process limits") == 1 or logs.lower().count("degraded") >= 1
+    finally:
+        gw.stop()
+
+
+def test_budget_holds_across_replicas(fake: Proc, redis_url: str) -> None:
+    config = redis_config(fake, redis_url)
+    config["tenants"]["ads"]["monthly_budget_usd"] = 0.000004
+    a, b = replicas(config, 2)
+    try:
+
+        def call(gw: Proc) -> httpx.Response:
+            return httpx.post(
+                gw.url + "/v1/chat/completions",
+                json={"model": LLAMA, "messages": USER},
+                headers={"Authorization": f"Bearer {ADS_KEY}"},
+            )
+
+        assert call(a).status_code == 200
+        assert call(a).status_code == 200  # admitted under the budget, ends over it
+        refused = call(b)  # the other replica sees the spend
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "insufficient_quota"
+        assert call(a).status_code == 429
+    finally:
+        a.stop()
+        b.stop()
+    c = start_gateway(config)  # survives a restart: the spend is in Redis
+    try:
+        resp = httpx.get(c.url + "/v1/usage", headers={"Authorization": f"Bearer {ADS_KEY}"})
+        assert resp.json()["models"][LLAMA]["completion_tokens"] == 16
+    finally:
+        c.stop()

@@ -1,0 +1,391 @@
+"""What only the Redis limiter promises: one limit across replicas, leases that survive long
+requests and die with their replica, and serving on through Redis outages.
+
+Every test uses private redis-servers (the ones on 6379 belong to the developer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gateway.config import Account, LimiterSettings, SentinelSettings, Tenant
+from gateway.errors import QueueTimeout, Unavailable
+from gateway.limits.redis import RedisLimiter
+from tests.procs import ROOT, free_port, redis_server
+
+ACCOUNT = Account(name="main", api_key="wandb-test", max_concurrency=1)
+
+
+def tenant(name: str, limit: int) -> Tenant:
+    return Tenant(
+        name=name, key_hashes=frozenset(), account="main", project="acme/t", max_concurrency=limit
+    )
+
+
+def account(limit: int) -> Account:
+    return Account(name="main", api_key="wandb-test", max_concurrency=limit)
+
+
+def settings(url: str, prefix: str, **kw: object) -> LimiterSettings:
+    fields: dict[str, object] = {"redis_url": url, **kw}
+    return LimiterSettings(backend="redis", key_prefix=prefix, **fields)  # type: ignore[arg-type]
+
+
+class Redises:
+    """Limiters sharing one prefix (replicas of one gateway), and a client to look inside."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.prefix = f"t{uuid.uuid4().hex[:8]}"
+        # One retry, so its pooled connection survives a restarted server.
+        self.client = Redis.from_url(url, decode_responses=True, retry=Retry(NoBackoff(), 1))
+        self.limiters: list[RedisLimiter] = []
+
+    async def replica(self, **kw: object) -> RedisLimiter:
+        probe = float(kw.pop("probe_interval_s", 1.0))  # type: ignore[arg-type]
+        limiter = RedisLimiter(settings(self.url, self.prefix, **kw), probe_interval_s=probe)
+        await limiter.start()
+        self.limiters.append(limiter)
+        return limiter
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{{acct:main}}:{name}"
+
+    async def wait_queued(self, n: int, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (queued := await self.client.zcard(self.key("waiters"))) != n:
+            assert time.monotonic() < deadline, f"{queued} queued, expected {n}"
+            await asyncio.sleep(0.005)
+
+    async def assert_clean(self) -> None:
+        keys = [k async for k in self.client.scan_iter(match=f"{self.prefix}:*")]
+        assert all(k.endswith(":tenants") for k in keys), sorted(keys)
+
+    async def close(self) -> None:
+        for limiter in self.limiters:
+            await limiter.close()
+        await self.client.aclose()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+async def redises(redis_url: str) -> AsyncIterator[Redises]:
+    r = Redises(redis_url)
+    yield r
+    await r.close()
+
+
+async def test_replicas_share_one_limit(redises: Redises) -> None:
+    replicas = [await redises.replica(lease_ttl_s=2), await redises.replica(lease_ttl_s=2)]
+    rng = random.Random(3)
+    acc, a, b = account(3), tenant("a", 2), tenant("b", 3)
+    holding = peak = 0
+
+    async def worker() -> None:
+        nonlocal holding, peak
+        await asyncio.sleep(rng.uniform(0, 0.03))
+        lease = await rng.choice(replicas).acquire(acc, rng.choice([a, b]), 10)
+        holding += 1
+        peak = max(peak, holding)
+        assert holding <= 3
+        await asyncio.sleep(rng.uniform(0, 0.01))
+        holding -= 1
+        await lease.release()
+
+    await asyncio.gather(*(worker() for _ in range(80)))
+    assert peak == 3
+    await redises.assert_clean()
+
+
+async def test_first_come_first_served_across_replicas(redises: Redises) -> None:
+    r1, r2 = await redises.replica(), await redises.replica()
+    a = tenant("a", 1)
+    holder = await r1.acquire(ACCOUNT, a, 1)
+    order: list[int] = []
+
+    async def wait(limiter: RedisLimiter, i: int) -> None:
+        lease = await limiter.acquire(ACCOUNT, a, 10)
+        order.append(i)
+        await lease.release()
+
+    tasks = []
+    for i in range(8):
+        tasks.append(asyncio.create_task(wait(r2 if i % 2 == 0 else r1, i)))
+        await redises.wait_queued(i + 1)
+    await holder.release()
+    await asyncio.gather(*tasks)
+    assert order == list(range(8))
+    await redises.assert_clean()
+
+
+async def test_a_renewed_lease_outlives_its_ttl(redises: Redises) -> None:
+    r1, r2 = await redises.replica(lease_ttl_s=0.6), await redises.replica(lease_ttl_s=0.6)
+    a = tenant("a", 1)
+    lease = await r1.acquire(ACCOUNT, a, 1)
+    with pytest.raises(QueueTimeout):  # held for 2 s, over three TTLs: still ours
+        await r2.acquire(ACCOUNT, a, 2.0)
+    assert await redises.client.zcard(redises.key("leases")) == 1
+    await lease.release()
+    await redises.assert_clean()
+
+
+CRASHING_REPLICA = """
+import asyncio, sys
+from gateway.config import Account, LimiterSettings, Tenant
+from gateway.limits.redis import RedisLimiter
+
+async def main():
+    url, prefix, ttl = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    settings = LimiterSettings(backend="redis", redis_url=url, key_prefix=prefix, lease_ttl_s=ttl)
+    limiter = RedisLimiter(settings)
+    await limiter.start()
+    tenant = Tenant("a", frozenset(), "main", "acme/t", 1)
+    await limiter.acquire(Account("main", "k", 1), tenant, 5)
+    print("held", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_replicas_slot_comes_back_within_the_ttl(redises: Redises) -> None:
+    ttl = 0.6
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CRASHING_REPLICA,
+        redises.url,
+        redises.prefix,
+        str(ttl),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        assert await asyncio.wait_for(proc.stdout.readline(), 15) == b"held\n"
+        survivor = await redises.replica(lease_ttl_s=ttl)
+        waiter = asyncio.create_task(survivor.acquire(ACCOUNT, tenant("a", 1), 10))
+        await redises.wait_queued(1)
+        await asyncio.sleep(ttl * 1.5)  # the dead-to-be renews: the waiter keeps waiting
+        assert not waiter.done()
+        proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        lease = await waiter
+        # Expiry within the TTL, plus one heartbeat of the survivor to notice.
+        assert time.monotonic() - killed < ttl + min(1.0, ttl / 4) + 0.3
+        await lease.release()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.communicate()
+    await redises.assert_clean()
+
+
+class OwnRedis:
+    """A redis-server on a fixed port that a test can stop and start again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while (
+            subprocess.run(
+                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, check=False
+            ).stdout.strip()
+            != b"PONG"
+        ):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    server = OwnRedis()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def limiter_records(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "gateway.limits.redis" and r.levelno == level
+    ]
+
+
+async def wait_for(condition: object, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_redis_outage_falls_back_to_local_limits_and_recovers(
+    own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.limits.redis")
+    own_redis.start()
+    redises = Redises(own_redis.url)
+    try:
+        limiter = await redises.replica(lease_ttl_s=1.2, probe_interval_s=0.1)
+        a = tenant("a", 1)
+        shared = await limiter.acquire(ACCOUNT, a, 1)
+        waiter = asyncio.create_task(limiter.acquire(ACCOUNT, a, 10))
+        await redises.wait_queued(1)
+
+        own_redis.stop()
+        local = await asyncio.wait_for(waiter, 5)  # the queued request is served locally
+        assert limiter.degraded
+        ok, detail = await limiter.ready()
+        assert ok and "degraded" in detail
+        with pytest.raises(QueueTimeout):  # the same limits, per process
+            await limiter.acquire(ACCOUNT, a, 0.05)
+        await shared.release()  # Redis is gone: retried later, never raised
+        assert [p.inflight for p in limiter.pools() if p.name == "account:main"] == [1]
+        assert len(limiter_records(caplog, logging.WARNING)) == 1
+
+        own_redis.start()
+        await wait_for(lambda: not limiter.degraded)
+        again = await limiter.acquire(ACCOUNT, a, 1)  # shared again: Redis holds it
+        assert await redises.client.zcard(redises.key("leases")) == 1
+        assert await limiter.ready() == (True, "redis: shared limits")
+        await again.release()
+        await local.release()
+        await redises.assert_clean()
+        assert len(limiter_records(caplog, logging.WARNING)) == 1
+        assert len([m for m in limiter_records(caplog, logging.INFO) if "again" in m]) == 1
+    finally:
+        await redises.close()
+
+
+async def test_redis_down_at_start_serves_locally(
+    own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    redises = Redises(own_redis.url)  # never started
+    try:
+        limiter = await redises.replica()
+        assert limiter.degraded
+        assert (await limiter.ready())[0]
+        a = tenant("a", 1)
+        lease = await limiter.acquire(ACCOUNT, a, 1)
+        with pytest.raises(QueueTimeout):
+            await limiter.acquire(ACCOUNT, a, 0.05)
+        await lease.release()
+        assert len(limiter_records(caplog, logging.WARNING)) == 1
+    finally:
+        await redises.close()
+
+
+async def test_reject_answers_503_while_redis_is_down(own_redis: OwnRedis) -> None:
+    redises = Redises(own_redis.url)
+    try:
+        limiter = await redises.replica(on_redis_error="reject", probe_interval_s=0.1)
+        ok, detail = await limiter.ready()
+        assert not ok and "reject" in detail
+        with pytest.raises(Unavailable) as info:
+            await limiter.acquire(ACCOUNT, tenant("a", 1), 1)
+        assert info.value.status == 503
+
+        own_redis.start()
+        await wait_for(lambda: not limiter.degraded)
+        lease = await limiter.acquire(ACCOUNT, tenant("a", 1), 1)
+        await lease.release()
+        await redises.assert_clean()
+    finally:
+        await redises.close()
+
+
+async def test_pools_show_the_global_state(redises: Redises) -> None:
+    r1, r2 = await redises.replica(lease_ttl_s=0.4), await redises.replica(lease_ttl_s=0.4)
+    acc, a = account(2), tenant("a", 2)
+    leases = [await r1.acquire(acc, a, 1), await r1.acquire(acc, a, 1)]
+    waiter = asyncio.create_task(r2.acquire(acc, a, 10))
+    await redises.wait_queued(1)
+
+    def seen_by_r2() -> bool:
+        pools = {p.name: p for p in r2.pools()}
+        account_pool = pools.get("account:main")
+        return account_pool is not None and (account_pool.inflight, account_pool.queued) == (2, 1)
+
+    await wait_for(seen_by_r2)
+    for lease in leases:
+        await lease.release()
+    await (await waiter).release()
+    await redises.assert_clean()
+
+
+def start_sentinel(master_port: int, workdir: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    conf = Path(workdir) / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+        f"sentinel monitor gw 127.0.0.1 {master_port} 1\n"
+    )
+    proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while (
+        b"127.0.0.1"
+        not in subprocess.run(
+            ["redis-cli", "-p", str(port), "sentinel", "get-master-addr-by-name", "gw"],
+            capture_output=True,
+            check=False,
+        ).stdout
+    ):
+        assert time.monotonic() < deadline, "sentinel did not start"
+        time.sleep(0.02)
+    return proc, port
+
+
+async def test_sentinel_finds_the_master(own_redis: OwnRedis) -> None:
+    own_redis.start()
+    proc, port = start_sentinel(own_redis.port, own_redis.dir)
+    redises = Redises(own_redis.url)
+    sentinel = SentinelSettings(master="gw", nodes=(("127.0.0.1", port),))
+    try:
+        limiter = await redises.replica(redis_url="redis:///0", sentinel=sentinel)
+        assert not limiter.degraded
+        lease = await limiter.acquire(ACCOUNT, tenant("a", 1), 1)
+        assert await redises.client.zcard(redises.key("leases")) == 1
+        await lease.release()
+        await redises.assert_clean()
+    finally:
+        await redises.close()
+        proc.terminate()
+        proc.wait(timeout=10)
