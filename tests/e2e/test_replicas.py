@@ -216,8 +216,9 @@ def test_redis_outage_is_not_an_outage(fake: Proc) -> None:
                 headers={"Authorization": f"Bearer {SEARCH_KEY}"},
             )
             assert r.status_code == 200
-        logs = gw.logs()
-        assert logs.count("per-process limits") == 1 or logs.lower().count("degraded") >= 1
+            logs = gw.logs()  # one line when it went, one when it came back: no log storm
+            assert logs.count("Redis unreachable") == 1
+            assert logs.count("Redis answers again") == 1
     finally:
         gw.stop()
 
