@@ -28,10 +28,9 @@ def make_limiter(settings: Settings) -> Limiter:
 def make_usage_store(settings: Settings) -> UsageStore:
     """Usage lives where the limiter's state lives: Redis when configured, else this process."""
     if settings.limiter.backend == "redis":
-        from gateway.limits.redis import _connect
+        from gateway.redis_client import connect
 
-        redis, _ = _connect(settings.limiter)
-        return RedisUsageStore(redis, settings.limiter.key_prefix)
+        return RedisUsageStore(*connect(settings.limiter), settings.limiter.key_prefix)
     return MemoryUsageStore()
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
 
 from gateway.config import Model
 
@@ -138,9 +139,10 @@ def _by_model(row: dict[str, float]) -> dict[str, dict[str, float]]:
 class RedisUsageStore(UsageStore):
     """The month's usage in Redis, shared by every replica (see the key schema above)."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, sentinel: Sentinel | None, prefix: str) -> None:
         super().__init__()
         self._redis = redis
+        self._sentinel = sentinel
         self._prefix = prefix
 
     def _key(self, tenant: str) -> str:
@@ -168,6 +170,8 @@ class RedisUsageStore(UsageStore):
 
     async def close(self) -> None:
         await self._redis.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
 
 
 def _text(value: str | bytes) -> str:

@@ -48,12 +48,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.connection import parse_url
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -69,17 +64,17 @@ from gateway.limits.base import (
     queue_timeout,
 )
 from gateway.limits.memory import MemoryLimiter
+from gateway.redis_client import SOCKET_TIMEOUT_S, connect
 
 logger = logging.getLogger(__name__)
 
 # What Redis in trouble looks like. Only ever caught around Redis calls: the builtin
 # TimeoutError of a queue timeout is an OSError too.
 _TROUBLE = (RedisError, OSError)
-# Short, so a dead or hung Redis is noticed within seconds, not minutes.
-_SOCKET_TIMEOUT_S = 2.0
 # Redis calls in flight at once: more wait their turn instead of opening connections without
 # end (the pool refuses past 100), and each holds its connection for one round trip only.
 _MAX_CALLS = 64
+# In the order of KEYS in redis_lib.lua.
 _KEYS = (
     "leases",
     "holders",
@@ -102,34 +97,6 @@ def _lua(name: str) -> str:
 def _tag(text: str) -> str:
     """Keep braces out of names, so the hash tag is always `{acct:NAME}`."""
     return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-
-
-def _connect(settings: LimiterSettings) -> tuple[Redis, Sentinel | None]:
-    common: dict[str, Any] = {
-        "socket_timeout": _SOCKET_TIMEOUT_S,
-        "socket_connect_timeout": _SOCKET_TIMEOUT_S,
-        "retry": Retry(NoBackoff(), 1),  # one immediate retry, then fall back
-        "decode_responses": True,
-    }
-    sentinel_settings = settings.sentinel
-    if sentinel_settings is None:
-        return Redis.from_url(settings.redis_url, **common), None
-    # With Sentinel, redis_url names no host: only the database and its credentials.
-    url = parse_url(settings.redis_url)
-    target: dict[str, Any] = {k: v for k, v in url.items() if k in ("db", "username", "password")}
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(sentinel_settings.nodes),
-        sentinel_kwargs={
-            "password": sentinel_settings.password,
-            "socket_timeout": _SOCKET_TIMEOUT_S,
-            "socket_connect_timeout": _SOCKET_TIMEOUT_S,
-            "retry": Retry(NoBackoff(), 1),
-        },
-        **common,
-    )
-    ssl = settings.redis_url.startswith("rediss://")
-    client = sentinel.master_for(sentinel_settings.master, ssl=ssl, **target)
-    return client, sentinel
 
 
 @dataclass(eq=False)
@@ -210,7 +177,7 @@ class RedisLimiter(Limiter):
         self._listener: asyncio.Task[None] | None = None
         self._ops: set[asyncio.Task[int]] = set()
         self._calls = asyncio.Semaphore(_MAX_CALLS)
-        self._client, self._sentinel = _connect(settings)
+        self._client, self._sentinel = connect(settings)
         lib = _lua("redis_lib.lua")
         self._acquire_lua = self._client.register_script(lib + _lua("redis_acquire.lua"))
         self._release_lua = self._client.register_script(lib + _lua("redis_release.lua"))
@@ -246,7 +213,7 @@ class RedisLimiter(Limiter):
                 acct.pending.add(lease._id)
             acct.held.clear()
         if self._ops:
-            await asyncio.wait(self._ops, timeout=_SOCKET_TIMEOUT_S)
+            await asyncio.wait(self._ops, timeout=SOCKET_TIMEOUT_S)
         if not self._degraded:
             try:
                 await asyncio.gather(*(self._retry_releases(a) for a in self._accounts.values()))
@@ -291,6 +258,7 @@ class RedisLimiter(Limiter):
         # Registered before the script runs: its grant may be published before the reply.
         ticket = _Ticket(acct, loop.create_future())
         self._tickets[lease_id] = ticket
+        waited = False
         try:
             while True:
                 try:
@@ -312,10 +280,8 @@ class RedisLimiter(Limiter):
                     acct.pending.add(lease_id)  # it may have run: withdraw once Redis is back
                     self._went_down(exc)
                     return None
-                if leased and not ticket.enqueued:
-                    return self._lease(acct, lease_id, tenant, 0.0)  # no queueing at all
                 if not leased:
-                    ticket.enqueued = True
+                    ticket.enqueued = waited = True
                     async with asyncio.timeout_at(deadline):
                         status = await ticket.future
                     if status == "down":
@@ -325,7 +291,7 @@ class RedisLimiter(Limiter):
                         ticket.future = loop.create_future()
                         ticket.enqueued = False
                         continue
-                return self._lease(acct, lease_id, tenant, loop.time() - start)
+                return self._lease(acct, lease_id, tenant, loop.time() - start if waited else 0.0)
         except BaseException as exc:
             queued = await asyncio.shield(self._spawn_release(acct, lease_id))
             if isinstance(exc, TimeoutError):
@@ -438,10 +404,12 @@ class RedisLimiter(Limiter):
                 *(self._heartbeat(acct, renew) for acct in list(self._accounts.values())),
                 return_exceptions=True,
             )
-            trouble = next((r for r in results if isinstance(r, BaseException)), None)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            for failure in failures:
+                if not isinstance(failure, _TROUBLE):  # a bug: keep renewing the others
+                    logger.error("limiter: heartbeat failed", exc_info=failure)
+            trouble = next((f for f in failures if isinstance(f, _TROUBLE)), None)
             if trouble is not None:
-                if not isinstance(trouble, _TROUBLE):
-                    raise trouble
                 self._went_down(trouble)
                 continue
             if renew:

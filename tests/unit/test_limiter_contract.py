@@ -312,3 +312,23 @@ async def test_upstream_429s_halve_the_limit_which_then_recovers(backend: Backen
     for lease in (first, second, third, fourth):
         await lease.release()
     await backend.assert_clean()
+
+
+def test_adaptive_limits_cut_once_per_burst_and_recover_step_by_step() -> None:
+    now = [100.0]
+    limits = AdaptiveLimits(recover_s=5.0, cut_window_s=1.0, clock=lambda: now[0])
+    assert limits.limit("a", 8) == 8 and limits.next_step_s("a") is None
+    assert limits.saturated("a", 8) == 4
+    now[0] += 0.5
+    assert limits.saturated("a", 8) == 4  # the same burst
+    now[0] += 1.0
+    assert limits.saturated("a", 8) == 2  # a new one
+    now[0] += 5.0
+    assert limits.limit("a", 8) == 3
+    assert limits.next_step_s("a") == pytest.approx(5.0)
+    now[0] += 30.0
+    assert limits.limit("a", 8) == 8 and limits.next_step_s("a") is None
+    for _ in range(4):  # never below one
+        now[0] += 2.0
+        limits.saturated("b", 3)
+    assert limits.limit("b", 3) == 1

@@ -295,6 +295,34 @@ async def test_redis_outage_falls_back_to_local_limits_and_recovers(
         await redises.close()
 
 
+async def test_a_hung_redis_is_noticed_and_failed_releases_are_retried(
+    own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    own_redis.start()
+    assert own_redis.proc is not None
+    redises = Redises(own_redis.url)
+    try:
+        limiter = await redises.replica(probe_interval_s=0.1)
+        lease = await limiter.acquire(ACCOUNT, tenant("a", 1), 1)
+        own_redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            await lease.release()  # times out once (2 s), then is kept to retry
+            assert time.monotonic() - start < 3
+            assert limiter.degraded
+        finally:
+            own_redis.proc.send_signal(signal.SIGCONT)
+        await wait_for(lambda: not limiter.degraded)
+        deadline = time.monotonic() + 5
+        while await redises.client.zcard(redises.key("leases")):  # retried once Redis woke up
+            assert time.monotonic() < deadline, "the failed release was never retried"
+            await asyncio.sleep(0.01)
+        await redises.assert_clean()
+        assert len(limiter_records(caplog, logging.WARNING)) == 1
+    finally:
+        await redises.close()
+
+
 async def test_redis_down_at_start_serves_locally(
     own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
