@@ -20,6 +20,7 @@ from tests.procs import (
     WANDB_KEY,
     Proc,
     base_config,
+    start_fake,
     start_gateway,
 )
 
@@ -168,3 +169,30 @@ async def test_client_disconnect_while_queued_leaves_no_waiter(gateway: Proc, fa
         await holder
     assert stats(fake)["requests"] == 1  # the cancelled one never went upstream
     assert_pools_empty(gateway)
+
+
+async def test_upstream_429s_back_the_account_off(fake: Proc) -> None:
+    """Someone else uses the same W&B key: upstream only takes 2 at a time although the account
+    says 4. Requests are retried within their deadline, and the gateway's effective limit drops,
+    so it stops pushing into the limit it cannot see."""
+    narrow = start_fake(concurrency=2)
+    gw = start_gateway(base_config(narrow.url, upstream__retries=6))
+    try:
+        async with aclient(gw) as c:
+            results = await asyncio.gather(
+                *(
+                    c.chat.completions.create(
+                        model=LLAMA, messages=USER, extra_body={"x_fake": {"delay_s": 0.1}}
+                    )
+                    for _ in range(24)
+                )
+            )
+        assert all(r.choices[0].message.content for r in results)
+        rejected = stats(narrow)["rejected_429"]
+        assert rejected > 0  # it did meet the hidden limit ...
+        limit = pool_gauges(gw)[("gateway_pool_limit", "account:main")]
+        assert limit <= 2  # ... and backed off to what upstream takes
+        print(f"\n24 requests, hidden limit 2 of 4: {rejected} upstream 429s, limit now {limit:g}")
+    finally:
+        gw.stop()
+        narrow.stop()
