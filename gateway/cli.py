@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "port": port,
         "access_log": False,  # the gateway writes its own access log, one line per request
         "log_level": args.log_level,
-        "timeout_graceful_shutdown": 30,
+        "timeout_graceful_shutdown": round(settings.server.shutdown_grace_s),
     }
     if args.workers > 1:
         os.environ["GATEWAY_CONFIG"] = str(path)

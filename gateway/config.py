@@ -144,9 +144,10 @@ class _Checker:
 
             def repl(m: re.Match[str]) -> str:
                 name, default = m.group(1), m.group(2)
-                if name in self.env:
-                    return self.env[name]
-                if default is not None:
+                value = self.env.get(name)
+                if value or (value is not None and default is None):
+                    return value
+                if default is not None:  # as in the shell: unset or empty takes the default
                     return default
                 self.fail(path, f"environment variable {name} is not set (and has no default)")
                 self.unset.add(path)

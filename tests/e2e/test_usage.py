@@ -247,3 +247,16 @@ def test_totals_are_summed_over_workers(fake: Proc) -> None:
             )
     finally:
         gw.stop()
+
+
+def test_every_metric_the_dashboard_and_alerts_query_is_exported(fresh: Proc) -> None:
+    from tests.unit.test_deploy import queried_metrics
+
+    client(fresh).chat.completions.create(model=LLAMA, messages=USER)
+    text = httpx.get(fresh.url + "/metrics").text
+    exported = set(re.findall(r"^# TYPE (\w+) ", text, re.M))
+    exported |= {name.removesuffix("_total") for name in exported}
+    wanted = queried_metrics()
+    assert wanted, "the dashboard and the rules query nothing?"
+    missing = {m for m in wanted if m not in exported and m.removesuffix("_total") not in exported}
+    assert missing == set()

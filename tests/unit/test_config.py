@@ -60,6 +60,9 @@ def test_environment_defaults_and_overrides(tmp_path: Path) -> None:
     env = {"WANDB_API_KEY": "wk", "WANDB_BASE_URL": "http://127.0.0.1:1/v1"}
     s = load_settings(write(tmp_path, ISSUE_EXAMPLE), env=env)
     assert s.upstream.base_url == "http://127.0.0.1:1/v1"
+    # as in the shell, a set but empty variable takes the default
+    s = load_settings(write(tmp_path, ISSUE_EXAMPLE), env={**env, "WANDB_BASE_URL": ""})
+    assert s.upstream.base_url == "https://api.inference.wandb.ai/v1"
 
 
 def test_missing_variable_is_named(tmp_path: Path) -> None:
