@@ -1,4 +1,5 @@
-"""After a chat completion: its tokens and spend, into the metrics and the usage store.
+"""After a chat completion: the request, its latencies, tokens and spend, into the metrics and
+the usage store.
 
 Upstream's usage block is the truth. A stream that ended before it (client gone, upstream cut)
 still used tokens that W&B bills: those are estimated, one token per relayed content chunk (W&B
@@ -11,10 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gateway.config import Settings
-from gateway.metrics import Metrics
-from gateway.proxy import Outcome
-from gateway.usage import Usage, UsageStore, estimate_prompt_tokens, spend_usd
+from gateway.config import Tenant
+from gateway.proxy import Call, Outcome
+from gateway.runtime import Runtime
+from gateway.usage import Usage, estimate_prompt_tokens, spend_usd
 
 logger = logging.getLogger(__name__)
 
@@ -27,26 +28,36 @@ def final_usage(out: Outcome, messages: Any) -> Usage | None:
     return None
 
 
-async def account(
-    settings: Settings,
-    metrics: Metrics,
-    store: UsageStore,
-    tenant: str,
-    model: str,
-    label: str,
-    usage: Usage,
+async def settle(
+    runtime: Runtime, tenant: Tenant, call: Call | None, label: str, out: Outcome, elapsed: float
 ) -> None:
-    metrics.tokens.labels(tenant, label, "prompt").inc(usage.prompt_tokens)
-    metrics.tokens.labels(tenant, label, "completion").inc(usage.completion_tokens)
+    """Count one finished chat completion: request, errors, latencies, tokens, spend."""
+    m = runtime.metrics
+    m.child(m.requests, tenant.name, label, str(out.status)).inc()
+    if out.reason:
+        m.child(m.errors, tenant.name, label, out.reason).inc()
+    m.child(m.duration, label).observe(elapsed)
+    if out.attempts:
+        m.child(m.queue_wait, f"tenant:{tenant.name}").observe(out.queue_s)
+        m.child(m.queue_wait, f"account:{tenant.account}").observe(out.queue_s)
+    if out.first_byte_s is not None:
+        m.child(m.ttft, label).observe(out.first_byte_s)
+    usage = final_usage(out, call.messages) if call else None
+    if call is None or usage is None:
+        return
+    total = usage.prompt_tokens + usage.completion_tokens
+    m.child(m.tokens, tenant.name, label, "prompt").inc(usage.prompt_tokens)
+    m.child(m.tokens, tenant.name, label, "completion").inc(usage.completion_tokens)
     if usage.estimated:
-        metrics.estimated_tokens.labels(label).inc(usage.prompt_tokens + usage.completion_tokens)
-    usd = spend_usd(settings.models.get(model), usage)
+        m.child(m.estimated_tokens, label).inc(total)
+    usd = spend_usd(runtime.settings.models.get(call.model), usage)
     if usd is None:
-        metrics.unpriced_tokens.labels(label).inc(usage.prompt_tokens + usage.completion_tokens)
+        m.child(m.unpriced_tokens, label).inc(total)
     else:
-        metrics.spend.labels(tenant, label).inc(usd)
+        m.child(m.spend, tenant.name, label).inc(usd)
+    store = runtime.usage
     try:
-        await store.add(tenant, label, usage, usd)
+        await store.add(tenant.name, label, usage, usd)
     except Exception as exc:  # the request is done; losing a usage row must not fail it
         store.failures += 1
         if store.failures == 1 or store.failures % 1000 == 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -21,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from gateway.limits.base import PoolState
 
+_M = TypeVar("_M", Counter, Histogram)
 UNKNOWN_TENANT = "-"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -85,6 +87,7 @@ class _LiveCollector(Collector):
 class Metrics:
     def __init__(self, live: LiveState) -> None:
         r = self.registry = CollectorRegistry()
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "gateway_requests",
             "Requests answered, by the HTTP status the client got",
@@ -156,6 +159,15 @@ class Metrics:
         )
         self._live = _LiveCollector(live)
         r.register(self._live)
+
+    def child(self, metric: _M, *labels: str) -> _M:
+        """`metric.labels(*labels)`, remembered: labels are bounded, and the hot path asks for
+        the same few children on every request."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def render(self) -> bytes:
         """The exposition. Under `serve --workers N` every worker writes its samples to

@@ -7,9 +7,9 @@ same id goes upstream and into the one access-log line written per request.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,7 +28,7 @@ def request_id_from(scope: Scope) -> str:
             if _SANE_ID.fullmatch(value):
                 return str(value.decode())
             break
-    return "req_" + uuid.uuid4().hex
+    return "req_" + os.urandom(16).hex()
 
 
 class RequestContextMiddleware:

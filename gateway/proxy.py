@@ -135,9 +135,8 @@ class Proxy:
         else:
             upstream_status = str(resp.status)
         finally:
-            self._metrics.upstream_requests.labels(
-                call.account.name, call.label, upstream_status
-            ).inc()
+            m = self._metrics
+            m.child(m.upstream_requests, call.account.name, call.label, upstream_status).inc()
 
         clean = False
         try:

@@ -12,6 +12,7 @@ Keys expire 40 days after their month's last write, so old months clean themselv
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from abc import ABC, abstractmethod
@@ -35,7 +36,13 @@ class Usage:
 
 
 def month(now: float | None = None) -> str:
-    return time.strftime("%Y-%m", time.gmtime(now))
+    """The calendar month (UTC) as YYYY-MM. Asked per request, so worked out once a minute."""
+    return _month_of_minute(int((time.time() if now is None else now) // 60))
+
+
+@functools.lru_cache(maxsize=4)
+def _month_of_minute(minute: int) -> str:
+    return time.strftime("%Y-%m", time.gmtime(minute * 60))
 
 
 def spend_usd(model: Model | None, usage: Usage) -> float | None:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from gateway.accounting import account, final_usage
+from gateway.accounting import settle
 from gateway.catalog import Catalog, model_not_found
 from gateway.config import Tenant
 from gateway.errors import (
@@ -69,21 +69,7 @@ class ChatCompletions:
             state["queue_ms"] = round(out.queue_s * 1000)
             state["attempts"] = out.attempts
             state["error_reason"] = out.reason
-            m = runtime.metrics
-            m.requests.labels(tenant.name, label, str(out.status)).inc()
-            if out.reason:
-                m.errors.labels(tenant.name, label, out.reason).inc()
-            m.duration.labels(label).observe(time.monotonic() - start)
-            if out.attempts:
-                m.queue_wait.labels(f"tenant:{tenant.name}").observe(out.queue_s)
-                m.queue_wait.labels(f"account:{tenant.account}").observe(out.queue_s)
-            if out.first_byte_s is not None:
-                m.ttft.labels(label).observe(out.first_byte_s)
-            usage = final_usage(out, call.messages) if call else None
-            if call and usage:
-                await account(
-                    runtime.settings, m, runtime.usage, tenant.name, call.model, label, usage
-                )
+            await settle(runtime, tenant, call, label, out, time.monotonic() - start)
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
