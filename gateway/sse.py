@@ -36,12 +36,17 @@ class StreamMeter:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
         if not self._buf and chunk.endswith(b"\n\n") and b'"usage":{' not in chunk:
-            return self._whole(chunk)
+            if b"\r" not in chunk:
+                return self._whole(chunk)
         data = self._buf + chunk if self._buf else chunk
-        *events, self._buf = data.split(b"\n\n")
+        held = b""
+        if b"\r" in data:  # CRLF line ends; a lone CR at the end may meet its LF next time
+            if data.endswith(b"\r"):
+                data, held = data[:-1], b"\r"
+            data = data.replace(b"\r\n", b"\n")
+        *events, rest = data.split(b"\n\n")
+        self._buf = rest + held
         out = []
         for event in events:
             kept = self._event(event)

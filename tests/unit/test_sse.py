@@ -1,0 +1,61 @@
+"""StreamMeter: what a relayed stream looks like to the client, and what the gateway learns."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.sse import StreamMeter
+
+ROLE = b'data: {"id":"1","choices":[{"delta":{"role":"assistant","content":""}}],"usage":null}\n\n'
+WORD = b'data: {"id":"1","choices":[{"delta":{"content":"Hi \\"usage\\":null"}}],"usage":null}\n\n'
+FINISH = (
+    b'data: {"id":"1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}\n\n'
+)
+USAGE = b'data: {"id":"1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n'
+DONE = b"data: [DONE]\n\n"
+STREAM = ROLE + WORD + WORD + FINISH + USAGE + DONE
+
+
+def relay(meter: StreamMeter, data: bytes, size: int) -> bytes:
+    pieces = [data[i : i + size] for i in range(0, len(data), size)]
+    return b"".join(meter.feed(p) for p in pieces) + meter.flush()
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, len(STREAM)])
+def test_client_that_asked_for_usage_gets_every_byte(size: int) -> None:
+    meter = StreamMeter(strip_usage=False)
+    assert relay(meter, STREAM, size) == STREAM
+    assert meter.usage == {"prompt_tokens": 5, "completion_tokens": 2}
+    assert meter.done
+    assert meter.content_chunks == 2
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, len(STREAM)])
+def test_usage_is_hidden_from_a_client_that_did_not_ask(size: int) -> None:
+    meter = StreamMeter(strip_usage=True)
+    out = relay(meter, STREAM, size)
+    assert b'"usage":null}' not in out and b'"usage":{' not in out
+    assert b'\\"usage\\":null' in out  # text inside a string is never touched
+    assert out.count(b"data: ") == 5  # the usage chunk is gone
+    assert meter.usage == {"prompt_tokens": 5, "completion_tokens": 2}
+
+
+def test_spaced_json_and_crlf() -> None:
+    spaced = (
+        b'data: {"choices": [{"delta": {"content": "a"}}], "usage": null}\r\n\r\n'
+        b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}\r\n\r\n'
+        b"data: [DONE]\r\n\r\n"
+    )
+    meter = StreamMeter(strip_usage=True)
+    out = relay(meter, spaced, 5)
+    assert out == b'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: [DONE]\n\n'
+    assert meter.usage == {"prompt_tokens": 1, "completion_tokens": 1}
+    assert meter.content_chunks == 1
+
+
+def test_a_cut_stream_counts_what_was_relayed() -> None:
+    meter = StreamMeter(strip_usage=True)
+    out = relay(meter, ROLE + WORD + WORD + WORD[:20], 1000)
+    assert meter.content_chunks == 2
+    assert not meter.done and meter.usage is None
+    assert out.endswith(WORD[:20])  # the partial event is flushed as it is
