@@ -36,9 +36,9 @@ class StreamMeter:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self._buf and chunk.endswith(b"\n\n") and b'"usage":{' not in chunk:
-            if b"\r" not in chunk:
-                return self._whole(chunk)
+        whole = not self._buf and chunk.endswith(b"\n\n") and b"\r" not in chunk
+        if whole and b'"usage":{' not in chunk:
+            return self._whole(chunk)
         data = self._buf + chunk if self._buf else chunk
         held = b""
         if b"\r" in data:  # CRLF line ends; a lone CR at the end may meet its LF next time
