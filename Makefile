@@ -8,7 +8,7 @@ PORT   ?= 8080
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run demo test check lint typecheck fmt install install-test redis-server clean
+.PHONY: run demo test check lint typecheck fmt install install-test redis-server clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ redis-server:
 ## make test: linters, then the whole suite (unit, in-process API, end-to-end over real sockets).
 test: $(TEST_STAMP) redis-server check
 	$(BIN)/pytest -q
+
+## make bench: gateway vs direct under load (wrk; installs it when missing). BENCH_ARGS=--smoke etc.
+bench: $(TEST_STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 fmt: $(TEST_STAMP)
 	$(BIN)/ruff format gateway tests

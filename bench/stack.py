@@ -1,0 +1,159 @@
+"""What is measured: the bench upstream, a private redis-server, and gateways wired to them.
+
+A gateway runs as a user would run it (`python -m gateway serve --config FILE`, one worker) with
+every feature on: key auth, the limiter (an account and a tenant pool, both 1024 wide so nothing
+queues), metrics, spend accounting with a tenant budget (checked on every request) and the access
+log (written to a file).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from load import MODEL, post
+from processes import BENCH, Child, Children, Pinning, free_port, wait_http, wait_port
+
+from gateway.keys import hash_key
+
+UPSTREAM_KEY = "bench-upstream-key"  # the bench upstream accepts any key
+CONCURRENCY = 1024
+
+
+@dataclass
+class Target:
+    """Something wrk can be pointed at: the upstream itself, or a gateway in front of it."""
+
+    name: str  # direct | memory | redis
+    port: int
+    child: Child
+    key: str  # what goes in Authorization
+
+
+def start_upstream(
+    children: Children,
+    pinning: Pinning,
+    delay_ms: float,
+    chunks: int,
+    chunk_delay_ms: float,
+    jitter_ms: float = 0.0,
+) -> Target:
+    port = free_port()
+    args = [
+        *pinning.prefix(pinning.load),
+        sys.executable,
+        str(BENCH / "upstream.py"),
+        "--port",
+        str(port),
+        "--delay-ms",
+        str(delay_ms),
+        "--chunks",
+        str(chunks),
+        "--chunk-delay-ms",
+        str(chunk_delay_ms),
+        "--jitter-ms",
+        str(jitter_ms),
+    ]
+    child = children.spawn("upstream", args)
+    wait_port(child, port)
+    return Target("direct", port, child, UPSTREAM_KEY)
+
+
+def start_redis(children: Children, pinning: Pinning, redis_server: str) -> str:
+    port = free_port()
+    data = children.workdir / "redis"
+    data.mkdir(exist_ok=True)
+    args = [
+        *pinning.prefix(pinning.load),
+        redis_server,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data),
+    ]
+    wait_port(children.spawn("redis-server", args), port)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def gateway_config(
+    upstream_port: int, backend: str, key: str, redis_url: str | None
+) -> dict[str, Any]:
+    limiter: dict[str, object] = {"backend": backend, "queue_timeout_s": 60}
+    if redis_url:
+        limiter["redis_url"] = redis_url
+        limiter["key_prefix"] = "igw-bench-" + secrets.token_hex(4)
+    return {
+        "upstream": {
+            "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+            "retries": 3,
+            "read_timeout_s": 60,
+        },
+        "limiter": limiter,
+        "server": {"host": "127.0.0.1", "access_log": True},
+        "accounts": {"bench": {"api_key": UPSTREAM_KEY, "max_concurrency": CONCURRENCY}},
+        "tenants": {
+            "bench": {
+                "keys": [hash_key(key)],
+                "account": "bench",
+                "project": "bench/gateway",
+                "max_concurrency": CONCURRENCY,
+                "monthly_budget_usd": 1_000_000,
+            }
+        },
+        "models": {
+            MODEL: {
+                "input_usd_per_mtok": 0.22,
+                "output_usd_per_mtok": 0.22,
+                "aliases": ["gpt-4o-mini"],
+            }
+        },
+    }
+
+
+def start_gateway(
+    children: Children,
+    pinning: Pinning,
+    upstream: Target,
+    backend: str,
+    redis_url: str | None = None,
+) -> Target:
+    key = "sk-gw-bench-" + secrets.token_urlsafe(16)
+    config = children.workdir / f"gateway-{backend}.yaml"
+    # JSON is YAML: no YAML writer needed
+    config.write_text(json.dumps(gateway_config(upstream.port, backend, key, redis_url), indent=2))
+    port = free_port()
+    args = [
+        *pinning.prefix(pinning.gateway),
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+    ]
+    child = children.spawn(f"gateway-{backend}", args)
+    wait_http(child, f"http://127.0.0.1:{port}/readyz")
+    target = Target(backend, port, child, key)
+    check(target)
+    return target
+
+
+def check(target: Target) -> None:
+    """One plain and one streamed request must work before anything is measured."""
+    status, body = post(target.port, target.key, stream=False)
+    if status != 200 or b'"usage"' not in body:
+        raise RuntimeError(f"{target.name}: plain request answered {status}: {body[:300]!r}")
+    status, body = post(target.port, target.key, stream=True)
+    if status != 200 or not body.rstrip().endswith(b"data: [DONE]"):
+        raise RuntimeError(f"{target.name}: streamed request answered {status}: {body[-300:]!r}")
