@@ -188,6 +188,7 @@ class UpstreamClient:
             timeout=timeout,
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),  # upstream cookies are nobody's business here
             raise_for_status=False,
         )
         return cls(session, settings)

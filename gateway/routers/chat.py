@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -212,23 +213,35 @@ def prepare(runtime: Runtime, scope: Scope, tenant: Tenant, body: bytes, start: 
     )
 
 
-async def until_disconnect(work: Any, receive: Receive) -> None:
-    """Run `work`; if the client disconnects first, cancel it and raise ClientGone."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnect(receive))
+async def until_disconnect(work: Awaitable[None], receive: Receive) -> None:
+    """Run `work` in this task; if the client disconnects first, cancel it and raise ClientGone.
+
+    One watcher task per request, no second task for the work: the watcher cancels this task,
+    and only while the work is still running (a flag set with no await in between).
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    running = True
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnect(receive)
+        if running:
+            gone = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        await work
     except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        if gone:
+            task.uncancel()
+            raise ClientGone from None
         raise
-    watcher.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientGone
-    task.result()
+    finally:
+        running = False
+        watcher.cancel()
 
 
 async def _disconnect(receive: Receive) -> None:
