@@ -12,7 +12,10 @@ Keys expire 40 days after their month's last write, so old months clean themselv
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
 import math
 import time
 from abc import ABC, abstractmethod
@@ -22,8 +25,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisError
 
 from gateway.config import Model
+
+logger = logging.getLogger(__name__)
 
 MONTH_TTL_S = 40 * 24 * 3600
 
@@ -144,38 +150,102 @@ def _by_model(row: dict[str, float]) -> dict[str, dict[str, float]]:
 
 
 class RedisUsageStore(UsageStore):
-    """The month's usage in Redis, shared by every replica (see the key schema above)."""
+    """The month's usage in Redis, shared by every replica (see the key schema above).
 
-    def __init__(self, redis: Redis, sentinel: Sentinel | None, prefix: str) -> None:
+    Nothing here costs a request a Redis round trip: usage is added up locally and written in
+    one pipeline every `flush_s`, which also re-reads the month totals of the tenants this
+    replica has seen, so a budget reflects every replica's spend within about `flush_s`. While
+    Redis is away the increments wait (they merge, so they stay small) and are written later.
+    """
+
+    def __init__(
+        self, redis: Redis, sentinel: Sentinel | None, prefix: str, flush_s: float = 0.5
+    ) -> None:
         super().__init__()
         self._redis = redis
         self._sentinel = sentinel
         self._prefix = prefix
+        self._flush_s = flush_s
+        self._pending: dict[str, dict[str, float]] = {}  # key -> field -> increment
+        self._totals: dict[str, float] = {}  # key -> month total in Redis at the last flush
+        self._flusher: asyncio.Task[None] | None = None
 
     def _key(self, tenant: str) -> str:
         return f"{self._prefix}:usage:{month()}:{tenant}"
 
+    def _total(self, key: str) -> float:
+        return self._totals.get(key, 0.0) + self._pending.get(key, {}).get("total|usd", 0.0)
+
     async def _add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> float:
         key = self._key(tenant)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hincrby(key, f"{model}|prompt", usage.prompt_tokens)
-        pipe.hincrby(key, f"{model}|completion", usage.completion_tokens)
-        if usd is not None:
-            pipe.hincrbyfloat(key, f"{model}|usd", usd)
-            pipe.hincrbyfloat(key, "total|usd", usd)
-        pipe.expire(key, MONTH_TTL_S)
-        pipe.hget(key, "total|usd")
-        results = await pipe.execute()
-        return float(results[-1] or 0.0)
+        row = self._pending.setdefault(key, {})
+        for name, value in _fields(model, usage, usd):
+            row[name] = row.get(name, 0) + value
+        self._start_flusher()
+        return self._total(key)
 
     async def _spent(self, tenant: str) -> float:
-        return float(await self._redis.hget(self._key(tenant), "total|usd") or 0.0)
+        key = self._key(tenant)
+        if key not in self._totals:  # first time: read it once, the flusher keeps it fresh
+            self._totals[key] = float(await self._redis.hget(key, "total|usd") or 0.0)
+            self._start_flusher()
+        return self._total(key)
 
     async def by_model(self, tenant: str) -> dict[str, dict[str, float]]:
+        await self.flush()
         row = await self._redis.hgetall(self._key(tenant))
         return _by_model({_text(k): float(v) for k, v in row.items()})
 
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        keys = list(self._totals)
+        pipe = self._redis.pipeline(transaction=False)
+        for key, row in pending.items():
+            for name, value in row.items():
+                if name.endswith("|usd"):
+                    pipe.hincrbyfloat(key, name, value)
+                else:
+                    pipe.hincrby(key, name, int(value))
+            pipe.expire(key, MONTH_TTL_S)
+        for key in keys:
+            pipe.hget(key, "total|usd")
+        try:
+            results = await pipe.execute()
+        except BaseException:
+            for key, row in pending.items():  # keep them for the next flush
+                into = self._pending.setdefault(key, {})
+                for name, value in row.items():
+                    into[name] = into.get(name, 0) + value
+            raise
+        for key, total in zip(keys, results[len(results) - len(keys) :], strict=True):
+            self._totals[key] = float(total or 0.0)
+        current = month()
+        self._totals = {k: v for k, v in self._totals.items() if f":usage:{current}:" in k}
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_s)
+            try:
+                await self.flush()
+            except (RedisError, OSError) as exc:
+                self.failures += 1
+                if self.failures == 1:
+                    logger.warning("usage store: Redis unreachable (%s); holding usage", exc)
+                continue
+            if self.failures:
+                logger.info("usage store: Redis answers again; usage written")
+                self.failures = 0
+
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            await self.flush()
         await self._redis.aclose()
         if self._sentinel is not None:
             await self._sentinel.aclose()

@@ -238,6 +238,7 @@ def test_budget_holds_across_replicas(fake: Proc, redis_url: str) -> None:
 
         assert call(a).status_code == 200
         assert call(a).status_code == 200  # admitted under the budget, ends over it
+        time.sleep(1.2)  # replicas share spend through Redis every 0.5 s (two rounds here)
         refused = call(b)  # the other replica sees the spend
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "insufficient_quota"
