@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.config import Settings, Tenant
 from gateway.errors import AuthenticationError, GatewayError, PermissionDenied
 from gateway.keys import hash_key
+from gateway.metrics import UNKNOWN_TENANT
 from gateway.responses import send_error
 
 PUBLIC_PATHS = {
@@ -79,7 +80,7 @@ class AuthMiddleware:
         except GatewayError as exc:
             state = scope.setdefault("state", {})
             state["error_reason"] = exc.reason
-            runtime.metrics.errors.labels("-", "-", exc.reason).inc()
+            runtime.metrics.errors.labels(UNKNOWN_TENANT, "-", exc.reason).inc()
             await send_error(send, exc)
             return
         scope.setdefault("state", {})["tenant"] = tenant
