@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 def final_usage(out: Outcome, messages: Any) -> Usage | None:
     if out.usage is not None:
         return out.usage
+    meter = out.meter
+    if meter is not None and meter.usage is not None:  # cut between reading and recording it
+        return Usage(meter.usage["prompt_tokens"], meter.usage["completion_tokens"])
     if out.meter is not None and out.meter.content_chunks:
         return Usage(estimate_prompt_tokens(messages), out.meter.content_chunks, estimated=True)
     return None
@@ -37,7 +40,7 @@ async def settle(
     if out.reason:
         m.child(m.errors, tenant.name, label, out.reason).inc()
     m.child(m.duration, label).observe(elapsed)
-    if out.attempts:
+    if out.attempts or out.queue_s:  # queue timeouts too: they are the longest waits
         m.child(m.queue_wait, f"tenant:{tenant.name}").observe(out.queue_s)
         m.child(m.queue_wait, f"account:{tenant.account}").observe(out.queue_s)
     if out.first_byte_s is not None:

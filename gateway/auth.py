@@ -83,5 +83,7 @@ class AuthMiddleware:
             runtime.metrics.errors.labels(UNKNOWN_TENANT, "-", exc.reason).inc()
             await send_error(send, exc)
             return
-        scope.setdefault("state", {})["tenant"] = tenant
+        state = scope.setdefault("state", {})
+        state["tenant"] = tenant
+        state["settings"] = runtime.settings  # one snapshot per request, even across a reload
         await self.app(scope, receive, send)

@@ -32,6 +32,10 @@ class Catalog:
         self._locks: dict[str, asyncio.Lock] = {}
         self._seen: set[str] = set(settings.models)
 
+    def reconfigure(self, settings: Settings) -> None:
+        self.settings = settings
+        self._seen.update(settings.models)
+
     def label(self, model: str) -> str:
         return model if model in self._seen else OTHER
 

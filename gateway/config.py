@@ -153,9 +153,17 @@ def _key_hashes(checker: Checker, path: str, values: list[str]) -> set[str]:
     return hashes
 
 
+def _names(section: Any) -> set[str]:
+    """The entries of a section keyed by name (any name goes; `section()` checks the type)."""
+    return set(section) if isinstance(section, dict) else set()
+
+
 def _read_keys_file(checker: Checker, path: str, file: Path) -> list[str]:
     try:
         content = file.read_text()
+    except UnicodeDecodeError:
+        checker.fail(path, f"{file} is not UTF-8 text")
+        return []
     except OSError as exc:
         checker.fail(
             path,
@@ -272,7 +280,7 @@ def parse_settings(
     )
 
     accounts: dict[str, Account] = {}
-    acc_raw = c.section(top.get("accounts"), "accounts", set(top.get("accounts") or {}))
+    acc_raw = c.section(top.get("accounts"), "accounts", _names(top.get("accounts")))
     if not acc_raw:
         c.fail("accounts", "at least one account (a W&B API key) is required")
     for name, body in acc_raw.items():
@@ -286,7 +294,7 @@ def parse_settings(
 
     models: dict[str, Model] = {}
     aliases: dict[str, str] = {}
-    mod_raw = c.section(top.get("models"), "models", set(top.get("models") or {}))
+    mod_raw = c.section(top.get("models"), "models", _names(top.get("models")))
     for model_id, body in mod_raw.items():
         p = f"models.{model_id}"
         m = c.section(body, p, {"input_usd_per_mtok", "output_usd_per_mtok", "aliases"})
@@ -307,7 +315,7 @@ def parse_settings(
     tenants: dict[str, Tenant] = {}
     by_hash: dict[str, Tenant] = {}
     files = [source] if source != "<memory>" else []
-    ten_raw = c.section(top.get("tenants"), "tenants", set(top.get("tenants") or {}))
+    ten_raw = c.section(top.get("tenants"), "tenants", _names(top.get("tenants")))
     if not ten_raw:
         c.fail("tenants", "at least one tenant (who may call the gateway) is required")
     for name, body in ten_raw.items():
@@ -395,6 +403,8 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
         document = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from exc
+    except UnicodeDecodeError:
+        raise ConfigError(source, ["not UTF-8 text"]) from None
     try:
         raw = yaml.safe_load(document)
     except yaml.YAMLError as exc:

@@ -102,6 +102,7 @@ class QueueTimeout(GatewayError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
     reason = "queue_timeout"
+    waited_s = 0.0
 
 
 class InsufficientQuota(GatewayError):

@@ -107,7 +107,10 @@ async def watch_config(runtime: Runtime, poll_s: float, wake: asyncio.Event) -> 
         now = _stamp(runtime.settings.files)
         if forced or now != seen:
             logger.info("config %s: reloading", "SIGHUP" if forced else "file changed")
-            runtime.reload()
+            try:
+                runtime.reload()
+            except Exception:  # a bug must not end live reloads for the life of the process
+                logger.exception("config reload failed; the running config stays in force")
             seen = _stamp(runtime.settings.files)
 
 

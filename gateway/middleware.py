@@ -31,6 +31,14 @@ def request_id_from(scope: Scope) -> str:
     return "req_" + os.urandom(16).hex()
 
 
+def _path(scope: Scope) -> str:
+    """The path as the client sent it, still percent-encoded (so `%0A` cannot forge a log line),
+    and bounded."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else repr(scope["path"])
+    return path[:200]
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, log: bool = True) -> None:
         self.app = app
@@ -80,7 +88,7 @@ class RequestContextMiddleware:
                     "%s %s %s %d %.1fms tenant=%s model=%s queue_ms=%s attempts=%s reason=%s",
                     request_id,
                     scope["method"],
-                    scope["path"],
+                    _path(scope),
                     status,
                     (time.perf_counter() - start) * 1000,
                     tenant.name if tenant else "-",

@@ -68,6 +68,9 @@ class Outcome:
     attempts: int = 0
     queue_s: float = 0.0
     committed: bool = False  # response headers sent: no more retries, no error status
+    # The last byte was handed to the server. After that, `receive()` says `http.disconnect`
+    # as a matter of course: it must not count as the client leaving.
+    complete: bool = False
     retries: list[str] = field(default_factory=list)
     usage: Usage | None = None  # upstream's usage block, when one came
     meter: StreamMeter | None = None  # what a stream relayed, for a stream cut short
@@ -167,6 +170,7 @@ class Proxy:
         headers = response_headers(resp.headers)
         headers.append((b"content-length", str(len(body)).encode()))
         await self._start(send, call, out, 200, headers)
+        out.complete = True  # before the send: what follows it is not the client leaving
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _relay_stream(
@@ -210,6 +214,7 @@ class Proxy:
             out.usage = Usage(meter.usage["prompt_tokens"], meter.usage["completion_tokens"])
         if out.reason:
             logger.warning("request %s: stream ended early (%s)", call.request_id, out.reason)
+        out.complete = True
         await send({"type": "http.response.body", "body": ending, "more_body": False})
 
     async def _pass_error(
@@ -227,6 +232,7 @@ class Proxy:
         out.reason = "bad_request"
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         await self._start(send, call, out, resp.status, headers)
+        out.complete = True  # before the send: what follows it is not the client leaving
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     @staticmethod

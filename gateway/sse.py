@@ -20,8 +20,8 @@ from gateway.errors import error_body
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
-_EMPTY_CONTENT = re.compile(rb'"content"\s*:\s*(""|null)')
-_CONTENT = re.compile(rb'"content"\s*:')
+# A content (or reasoning) delta with text in it: one token a chunk, for estimates.
+_TEXT_DELTA = re.compile(rb'"(?:reasoning_)?content"\s*:\s*"(?!")')
 _DONE = b"data: [DONE]"
 
 
@@ -37,7 +37,7 @@ class StreamMeter:
 
     def feed(self, chunk: bytes) -> bytes:
         whole = not self._buf and chunk.endswith(b"\n\n") and b"\r" not in chunk
-        if whole and b'"usage":{' not in chunk:
+        if whole and not _USAGE_OBJECT.search(chunk):
             return self._whole(chunk)
         data = self._buf + chunk if self._buf else chunk
         held = b""
@@ -55,9 +55,8 @@ class StreamMeter:
         return b"".join(out)
 
     def _whole(self, chunk: bytes) -> bytes:
-        """The common case, whole events without a usage object: a few scans in C, no split.
-        (Compact JSON, as W&B sends; anything else takes the event-by-event path.)"""
-        self.content_chunks += chunk.count(b'"content":"') - chunk.count(b'"content":""')
+        """The common case, whole events without a usage object: a few scans in C, no split."""
+        self.content_chunks += len(_TEXT_DELTA.findall(chunk))
         if _DONE in chunk:
             self.done = True
         if self.strip_usage and b'"usage"' in chunk:
@@ -65,17 +64,21 @@ class StreamMeter:
         return chunk
 
     def flush(self) -> bytes:
-        """Whatever is left of an unterminated last event."""
+        """At a clean end of the upstream body: what is left of an unterminated last event.
+        A `[DONE]` missing only its blank line still counts; any other fragment is dropped, since
+        glued to the error event that follows it would make that unreadable."""
         rest, self._buf = self._buf, b""
-        return rest
+        if rest.startswith(_DONE):
+            self.done = True
+            return rest.rstrip(b"\n") + b"\n\n"
+        return b""
 
     def _event(self, event: bytes) -> bytes | None:
         """The event as the client should get it, or None to drop it."""
         if event.startswith(_DONE):
             self.done = True
             return event
-        if _CONTENT.search(event) and not _EMPTY_CONTENT.search(event):
-            self.content_chunks += 1
+        self.content_chunks += len(_TEXT_DELTA.findall(event))
         if _USAGE_OBJECT.search(event):
             payload = _payload(event)
             usage = payload.get("usage") if isinstance(payload, dict) else None

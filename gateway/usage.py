@@ -25,6 +25,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.config import Model
@@ -211,8 +212,10 @@ class RedisUsageStore(UsageStore):
             pipe.hget(key, "total|usd")
         try:
             results = await pipe.execute()
-        except BaseException:
-            for key, row in pending.items():  # keep them for the next flush
+        except RedisConnectionError:
+            # Not sent, or the connection broke: keep them for the next flush. (After a
+            # timeout they may have been applied, so they are not sent twice: lost instead.)
+            for key, row in pending.items():
                 into = self._pending.setdefault(key, {})
                 for name, value in row.items():
                     into[name] = into.get(name, 0) + value

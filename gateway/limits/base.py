@@ -89,12 +89,14 @@ class HoldTimes:
 
 
 def queue_timeout(tenant: Tenant, waited_s: float, retry_after_s: float) -> QueueTimeout:
-    return QueueTimeout(
+    error = QueueTimeout(
         f"Tenant {tenant.name!r} waited {waited_s:.1f}s for a free upstream slot without getting "
         f"one (limit {tenant.max_concurrency} concurrent for the tenant, shared account "
         f"{tenant.account!r}); retry later.",
         headers=retry_headers(retry_after_s),
     )
+    error.waited_s = waited_s
+    return error
 
 
 @dataclass

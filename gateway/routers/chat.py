@@ -27,15 +27,18 @@ from gateway.errors import (
     GatewayError,
     PayloadTooLarge,
     PermissionDenied,
+    QueueTimeout,
 )
 from gateway.proxy import Call, Outcome
 from gateway.responses import send_error
 from gateway.runtime import Runtime
 from gateway.upstream import upstream_headers
+from gateway.usage import Usage, spend_usd
 
 logger = logging.getLogger(__name__)
 
-CLIENT_CLOSED = 499  # nginx's status for "client closed the request", for logs and metrics
+CLIENT_CLOSED = 499
+BUDGET_READ_TIMEOUT_S = 0.5  # nginx's status for "client closed the request", for logs and metrics
 
 
 class ClientGone(Exception):
@@ -57,9 +60,11 @@ class ChatCompletions:
             label = state["model"] = call.label
             if tenant.monthly_budget_usd is not None:
                 await check_budget(runtime, tenant)
-            await until_disconnect(runtime.proxy.chat(call, send, out), receive)
+            await until_disconnect(runtime.proxy.chat(call, send, out), receive, out)
         except GatewayError as exc:
             out.reason = exc.reason
+            if isinstance(exc, QueueTimeout):
+                out.queue_s = exc.waited_s
             if not out.committed:
                 out.status = exc.status
                 await send_error(send, exc)
@@ -116,11 +121,15 @@ def _rewrite(body: bytes, changes: dict[str, Any]) -> bytes:
     """The body with only these top-level fields changed. The stdlib keeps every number exactly
     as sent (orjson would turn integers past 64 bits into floats); this runs only for aliases
     and for streams whose `stream_options` must be edited."""
-    data = json.loads(body)
-    data.update(changes)
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        data = json.loads(body)
+        data.update(changes)
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    except RecursionError:
+        raise BadRequest("The request body is nested too deeply.") from None
 
 
+_ONE = Usage(1, 1)
 _ASK_USAGE = b'"stream_options":{"include_usage":true},'
 
 
@@ -142,10 +151,14 @@ def _usage_changes(data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
 async def check_budget(runtime: Runtime, tenant: Tenant) -> None:
     budget = tenant.monthly_budget_usd
-    try:
-        spent = await runtime.usage.spent(tenant.name)
+    store = runtime.usage
+    try:  # usually a cached figure; the first read of a month may go to Redis
+        async with asyncio.timeout(BUDGET_READ_TIMEOUT_S):
+            spent = await store.spent(tenant.name)
     except Exception:  # fail open: an unreachable store must not stop every request
-        logger.warning("cannot read tenant %s's spend; not enforcing its budget", tenant.name)
+        store.failures += 1
+        if store.failures == 1 or store.failures % 1000 == 0:
+            logger.warning("cannot read spend (%d times); budgets not enforced", store.failures)
         return
     if budget is not None and spent >= budget:
         raise BudgetExceeded(
@@ -156,7 +169,7 @@ async def check_budget(runtime: Runtime, tenant: Tenant) -> None:
 
 def prepare(runtime: Runtime, scope: Scope, tenant: Tenant, body: bytes, start: float) -> Call:
     """Check the few fields the gateway needs and build the upstream call."""
-    settings = runtime.settings
+    settings = scope["state"].get("settings") or runtime.settings  # the one auth used
     data = _parse(body)
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object.")
@@ -173,6 +186,16 @@ def prepare(runtime: Runtime, scope: Scope, tenant: Tenant, body: bytes, start: 
     resolved = settings.resolve_model(model)
     if not Catalog.allowed(tenant, resolved):
         raise model_not_found(model)
+    if (
+        tenant.monthly_budget_usd is not None
+        and spend_usd(settings.models.get(resolved), _ONE) is None
+    ):
+        raise PermissionDenied(
+            f"The model `{model}` has no price in the gateway's config, so tenant "
+            f"{tenant.name!r}, which has a monthly budget, may not use it.",
+            param="model",
+            code="model_not_priced",
+        )
     changes, strip_usage = _usage_changes(data)
     if resolved != model:
         changes["model"] = resolved
@@ -213,7 +236,7 @@ def prepare(runtime: Runtime, scope: Scope, tenant: Tenant, body: bytes, start: 
     )
 
 
-async def until_disconnect(work: Awaitable[None], receive: Receive) -> None:
+async def until_disconnect(work: Awaitable[None], receive: Receive, out: Outcome) -> None:
     """Run `work` in this task; if the client disconnects first, cancel it and raise ClientGone.
 
     One watcher task per request, no second task for the work: the watcher cancels this task,
@@ -227,7 +250,7 @@ async def until_disconnect(work: Awaitable[None], receive: Receive) -> None:
     async def watch() -> None:
         nonlocal gone
         await _disconnect(receive)
-        if running:
+        if running and not out.complete:
             gone = True
             task.cancel()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -267,3 +268,20 @@ def test_logs_never_hold_keys(gateway: Proc, strict: Proc) -> None:
         assert WANDB_KEY not in logs
         assert SEARCH_KEY not in logs
         assert LIMITED_KEY not in logs
+
+
+def test_deeply_nested_body_with_an_alias_is_400(gateway: Proc, fake: Proc) -> None:
+    nested = "[" * 1000 + "]" * 1000
+    body = f'{{"model": "gpt-4o-mini", "messages": [], "x": {nested}}}'.encode()
+    resp = post(gateway, content=body, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400
+    assert envelope(resp)["type"] == "invalid_request_error"
+
+
+def test_the_access_log_cannot_be_forged(gateway: Proc) -> None:
+    httpx.get(gateway.url + "/x%0A2026-01-01 INFO gateway.access: forged POST 200")
+    deadline = time.monotonic() + 5
+    while "/x%0A2026-01-01" not in gateway.logs():  # written just after the response
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert "\n2026-01-01 INFO gateway.access: forged" not in gateway.logs()

@@ -96,6 +96,11 @@ async def test_limit_is_global_across_three_replicas(fake: Proc, redis_url: str)
         assert s["max_inflight_project"]["acme/ads"] <= 2
         assert s["max_inflight_project"]["acme/limited"] == 1
         assert leftovers(redis_url, config["limiter"]["key_prefix"]) == {}
+        async with httpx.AsyncClient() as http:
+            for gw in gws:  # a finished response is not a client that went away
+                text = (await http.get(gw.url + "/metrics")).text
+                assert 'status="499"' not in text and "client_disconnect" not in text
+                assert 'status="200"' in text
     finally:
         for gw in gws:
             gw.stop()

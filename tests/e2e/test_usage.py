@@ -260,3 +260,14 @@ def test_every_metric_the_dashboard_and_alerts_query_is_exported(fresh: Proc) ->
     assert wanted, "the dashboard and the rules query nothing?"
     missing = {m for m in wanted if m not in exported and m.removesuffix("_total") not in exported}
     assert missing == set()
+
+
+def test_a_budgeted_tenant_may_not_use_unpriced_models(fresh: Proc, fake: Proc) -> None:
+    resp = httpx.post(
+        fresh.url + "/v1/chat/completions",
+        json={"model": LLAMA70, "messages": USER},
+        headers={"Authorization": f"Bearer {ADS_KEY}"},
+    )
+    assert resp.status_code == 403
+    assert resp.json()["error"]["code"] == "model_not_priced"
+    assert httpx.get(fake.url + "/_fake/stats").json()["requests"] == 0

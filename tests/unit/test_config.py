@@ -184,3 +184,24 @@ def test_keys_new(tmp_path: Path) -> None:
     assert digest == hash_key(key)
     assert keys.read_text() == digest + "\n"
     assert keys.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"accounts": 5, "tenants": [{"name": "x"}]},
+        [1, 2],
+        "just a string",
+        {"tenants": {"t": "not a mapping"}, "accounts": {"a": [1]}},
+    ],
+)
+def test_malformed_documents_are_problems_not_crashes(raw: object) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw, env={})
+    assert err.value.problems
+
+
+def test_non_utf8_files_are_problems(tmp_path: Path) -> None:
+    (tmp_path / "gateway.yaml").write_bytes(b"upstream: \xff\xfe")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(tmp_path / "gateway.yaml")

@@ -58,4 +58,20 @@ def test_a_cut_stream_counts_what_was_relayed() -> None:
     out = relay(meter, ROLE + WORD + WORD + WORD[:20], 1000)
     assert meter.content_chunks == 2
     assert not meter.done and meter.usage is None
-    assert out.endswith(WORD[:20])  # the partial event is flushed as it is
+    assert out == ROLE.replace(b',"usage":null', b"") + 2 * WORD.replace(b',"usage":null', b"")
+    # the partial event is dropped: glued to the error event that follows, it would break it
+
+
+def test_usage_with_spaces_is_found_on_the_fast_path() -> None:
+    spaced = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}\n\n'
+    meter = StreamMeter(strip_usage=True)
+    assert meter.feed(ROLE + spaced) == ROLE.replace(b',"usage":null', b"")
+    assert meter.usage == {"prompt_tokens": 3, "completion_tokens": 4}
+
+
+def test_reasoning_deltas_count_and_done_without_blank_line() -> None:
+    think = b'data: {"choices": [{"delta": {"reasoning_content": "hmm"}}]}\n\n'
+    meter = StreamMeter(strip_usage=False)
+    assert meter.feed(think + think + b"data: [DONE]\n") == think + think
+    assert meter.flush() == b"data: [DONE]\n\n"
+    assert meter.content_chunks == 2 and meter.done
