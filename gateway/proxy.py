@@ -41,6 +41,16 @@ SSE_HEADERS = [
 ]
 
 
+# A client that stops reading a stream without disconnecting (a suspended process, a stream
+# left unclosed) would hold its slot for ever: past upstream's own silence limit plus this, it
+# is treated as gone.
+CLIENT_STALL_MARGIN_S = 5.0
+
+
+class ClientStalled(Exception):
+    """The client stopped reading the stream: the same as gone."""
+
+
 @dataclass
 class Call:
     """One chat completion request, authenticated and parsed."""
@@ -194,13 +204,23 @@ class Proxy:
         await send({"type": "http.response.body", "body": meter.feed(first), "more_body": True})
         out.first_byte_s = time.monotonic() - call.start
         ending = b""
+        loop = asyncio.get_running_loop()
+        stall_s = self._client.settings.read_timeout_s + CLIENT_STALL_MARGIN_S
+        guard = asyncio.timeout(None)  # armed only while a send waits for the client
         try:
-            async for chunk in chunks:
-                relayed = meter.feed(chunk)
-                if relayed:
-                    await send({"type": "http.response.body", "body": relayed, "more_body": True})
+            async with guard:
+                async for chunk in chunks:
+                    relayed = meter.feed(chunk)
+                    if relayed:
+                        guard.reschedule(loop.time() + stall_s)
+                        await send(
+                            {"type": "http.response.body", "body": relayed, "more_body": True}
+                        )
+                        guard.reschedule(None)
             ending = meter.flush()
         except TimeoutError:
+            if guard.expired():
+                raise ClientStalled from None
             out.reason = "upstream_timeout"
             ending = error_event("W&B stopped sending mid-stream (upstream.read_timeout_s).")
         except aiohttp.ClientError:

@@ -29,7 +29,7 @@ from gateway.errors import (
     PermissionDenied,
     QueueTimeout,
 )
-from gateway.proxy import Call, Outcome
+from gateway.proxy import Call, ClientStalled, Outcome
 from gateway.responses import send_error
 from gateway.runtime import Runtime
 from gateway.upstream import upstream_headers
@@ -68,7 +68,7 @@ class ChatCompletions:
             if not out.committed:
                 out.status = exc.status
                 await send_error(send, exc)
-        except ClientGone:
+        except (ClientGone, ClientStalled):
             out.reason = "client_disconnect"
             out.status = CLIENT_CLOSED
         finally:

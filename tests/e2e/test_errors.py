@@ -285,3 +285,34 @@ def test_the_access_log_cannot_be_forged(gateway: Proc) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert "\n2026-01-01 INFO gateway.access: forged" not in gateway.logs()
+
+
+def test_a_client_that_stops_reading_a_stream_loses_its_slot(strict: Proc, fake: Proc) -> None:
+    """It never disconnects, it just stops reading: once the socket buffers are full and
+    upstream.read_timeout_s (0.5 s here) plus the stall margin (5 s) pass, the gateway treats it
+    as gone, closes upstream and frees the slot."""
+    import json
+    import socket
+
+    body = json.dumps(
+        {"model": LLAMA, "messages": USER, "stream": True, "x_fake": {"tokens": 200_000}}
+    ).encode()
+    host, port = strict.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {SEARCH_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        deadline = time.monotonic() + 5
+        while stats(fake)["inflight"].get(WANDB_KEY) != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        deadline = time.monotonic() + 15
+        while stats(fake)["inflight"].get(WANDB_KEY) != 0:
+            assert time.monotonic() < deadline, "the stalled client kept its slot"
+            time.sleep(0.1)
+    finally:
+        sock.close()
