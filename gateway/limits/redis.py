@@ -8,7 +8,7 @@ account under the hash tag `{acct:NAME}` (so each script touches one Redis Clust
     P:{acct:NAME}:leases    ZSET  lease id -> expiry (ms); account in-flight = ZCARD
     P:{acct:NAME}:holders   HASH  lease id -> tenant
     P:{acct:NAME}:inflight  HASH  tenant -> leases held (field dropped at 0)
-    P:{acct:NAME}:waiters   ZSET  ticket id -> expiry (ms), renewed by the ticket's replica
+    P:{acct:NAME}:waiters   ZSET  ticket id -> expiry (ms), renewed by its replica's heartbeat
     P:{acct:NAME}:tickets   HASH  ticket id -> "TENANT\\nSEQ", its place in the queue
     P:{acct:NAME}:queue     HASH  "TENANT\\nSEQ" -> ticket id: one FIFO per tenant
     P:{acct:NAME}:qstate    HASH  per tenant: head, tail, length, round-robin credit
@@ -19,13 +19,19 @@ account under the hash tag `{acct:NAME}` (so each script touches one Redis Clust
 Ids are "REPLICA-N"; a ticket that gets a slot becomes the lease of the same id. When idle, an
 account leaves only its `tenants` hash behind.
 
+Expiries: a lease lasts lease_ttl_s from its last renewal; a ticket only three heartbeats from
+its replica's last one. A ticket that gets a slot hands its own expiry to the lease, until its
+replica's next heartbeat claims the lease for lease_ttl_s. So of what a SIGKILLed replica
+leaves, its leases come back within lease_ttl_s and its queued requests (granted or not) hold
+no slot past three heartbeat intervals after its last heartbeat.
+
 Scripts: `acquire` leases at once when the tenant has no one queued and both pools have room (one
 round trip), else queues a ticket. `release` drops a lease or withdraws a ticket, whichever the
 id is (so a timeout or cancellation racing a grant never leaks the slot; a second call is a
 no-op), and hands freed slots to waiting tenants in turn, PUBLISHing each grant. `heartbeat` is
-each replica's periodic call per account: renew its leases every lease_ttl_s/3, keep its tickets
-alive, purge what dead replicas left (their leases come back within lease_ttl_s), dispatch, and
-report its tickets and the pools' state (cached for `pools()`).
+each replica's periodic call per account: renew its leases every lease_ttl_s/3 (and claim those
+just granted to its tickets at every beat), keep its tickets alive, purge what dead replicas left,
+dispatch, and report its tickets and the pools' state (cached for `pools()`).
 
 Waiting: each replica holds one pub/sub subscription and a future per ticket; a grant wakes the
 waiter at once. The heartbeat, every min(1 s, lease_ttl_s/4), is only the safety net.
@@ -119,6 +125,7 @@ class _Ticket:
 class _RedisLease(Lease):
     __slots__ = (
         "_account",
+        "_claimed",
         "_epoch",
         "_id",
         "_limiter",
@@ -129,11 +136,20 @@ class _RedisLease(Lease):
     )
 
     def __init__(
-        self, limiter: RedisLimiter, account: _Account, lease_id: str, tenant: str, queue_s: float
+        self,
+        limiter: RedisLimiter,
+        account: _Account,
+        lease_id: str,
+        tenant: str,
+        queue_s: float,
+        claimed: bool,
     ) -> None:
         self._limiter = limiter
         self._account = account
         self._id = lease_id
+        # False while Redis may still hold it on its ticket's short expiry: the next heartbeat
+        # renews it whether or not renewals are due.
+        self._claimed = claimed
         self.tenant = tenant
         self._epoch = limiter._epoch
         self._released = False
@@ -159,6 +175,9 @@ class RedisLimiter(Limiter):
         self._ttl_ms = max(1, round(settings.lease_ttl_s * 1000))
         self._beat_s = min(1.0, settings.lease_ttl_s / 4)
         self._renew_s = settings.lease_ttl_s / 3
+        # Tickets outlive their replica's last heartbeat by three beats (never more than the
+        # lease ttl), and so do slots granted to them until the replica claims them.
+        self._ticket_ttl_ms = max(1, round(3 * self._beat_s * 1000))
         self._probe_s = probe_interval_s
         self._prefix = _tag(settings.key_prefix)
         self._replica = uuid.uuid4().hex[:16]
@@ -272,7 +291,7 @@ class RedisLimiter(Limiter):
                             tenant.weight,
                             self._limit(acct),
                             self._ttl_ms,
-                            self._ttl_ms,
+                            self._ticket_ttl_ms,
                             self._channels,
                         ],
                     )
@@ -291,7 +310,9 @@ class RedisLimiter(Limiter):
                         ticket.future = loop.create_future()
                         ticket.enqueued = False
                         continue
-                return self._lease(acct, lease_id, tenant, loop.time() - start if waited else 0.0)
+                # A lease granted to its ticket is claimed (renewed) by the next heartbeat.
+                queue_s = loop.time() - start if waited else 0.0
+                return self._lease(acct, lease_id, tenant, queue_s, claimed=not waited)
         except BaseException as exc:
             queued = await asyncio.shield(self._spawn_release(acct, lease_id))
             if isinstance(exc, TimeoutError):
@@ -307,8 +328,10 @@ class RedisLimiter(Limiter):
                 raise RedisConnectionError("Redis is unreachable")
             return await script(keys=keys, args=args)
 
-    def _lease(self, acct: _Account, lease_id: str, tenant: Tenant, queue_s: float) -> _RedisLease:
-        lease = _RedisLease(self, acct, lease_id, tenant.name, queue_s)
+    def _lease(
+        self, acct: _Account, lease_id: str, tenant: Tenant, queue_s: float, *, claimed: bool
+    ) -> _RedisLease:
+        lease = _RedisLease(self, acct, lease_id, tenant.name, queue_s, claimed)
         acct.held[lease_id] = lease
         return lease
 
@@ -418,13 +441,18 @@ class RedisLimiter(Limiter):
 
     async def _heartbeat(self, acct: _Account, renew: bool) -> None:
         await self._retry_releases(acct)
-        leases = list(acct.held) if renew else []
+        leases = [i for i, lease in acct.held.items() if renew or not lease._claimed]
         tickets = [i for i, t in self._tickets.items() if t.account is acct and t.enqueued]
         tenants = list(acct.tenants.values())
-        args: list[str | int] = [self._limit(acct), self._ttl_ms, self._ttl_ms, self._channels]
+        args: list[str | int] = [self._limit(acct), self._ttl_ms, self._ticket_ttl_ms]
+        args.append(self._channels)
         args += [len(leases), *leases, len(tickets), *tickets]
         args += [len(tenants), *(t.name for t in tenants)]
         lost, statuses, state = await self._call(self._heartbeat_lua, acct.keys, args)
+        for lease_id in leases:
+            held = acct.held.get(lease_id)
+            if held is not None:
+                held._claimed = True  # renewed, or lost just below
         for lease_id in lost:
             lease = acct.held.pop(lease_id, None)
             if lease is None:

@@ -8,8 +8,9 @@ local now = now_ms()
 local expiry = now + tonumber(ARGV[6])
 redis.call('HSET', TENANTS, tenant, tlimit .. ' ' .. weight)
 purge(now)
-dispatch(limit, expiry, ARGV[8])
+dispatch(limit, now, expiry, ARGV[8])
 if redis.call('ZSCORE', LEASES, id) then
+  redis.call('ZADD', LEASES, expiry, id) -- granted to its ticket: claimed for the full ttl
   return 1
 end
 if redis.call('HEXISTS', TICKETS, id) == 1 then

@@ -1,6 +1,7 @@
--- heartbeat, one replica's periodic call per account: renew its leases, keep its tickets
--- alive, purge what dead replicas left, hand out free slots (the safety net for a lost
--- PUBLISH or an expired lease), and report its tickets and the pools' state.
+-- heartbeat, one replica's periodic call per account: renew its leases (and claim those just
+-- granted to its tickets), keep its tickets alive, purge what dead replicas left, hand out
+-- free slots (the safety net for a lost PUBLISH or an expired lease), and report its tickets
+-- and the pools' state.
 -- ARGV: account limit, lease ttl ms, ticket ttl ms, channel,
 --       n, n lease ids to renew, m, m ticket ids, k, k tenant names
 -- Returns {lost lease ids, per ticket 1 leased | 0 queued | -1 gone,
@@ -23,14 +24,18 @@ end
 i = i + tonumber(ARGV[i]) + 1
 local tickets = {}
 for j = 1, tonumber(ARGV[i]) do
-  tickets[j] = ARGV[i + j]
-  if redis.call('HEXISTS', TICKETS, tickets[j]) == 1 then
-    redis.call('ZADD', WAITERS, ticket_expiry, tickets[j])
+  local id = ARGV[i + j]
+  tickets[j] = id
+  if redis.call('HEXISTS', TICKETS, id) == 1 then
+    redis.call('ZADD', WAITERS, ticket_expiry, id)
+  elseif redis.call('ZSCORE', LEASES, id) then
+    -- Granted since the last beat, still on the ticket's short expiry: claim it.
+    redis.call('ZADD', LEASES, lease_expiry, id)
   end
 end
 i = i + tonumber(ARGV[i]) + 1
 purge(now)
-dispatch(limit, lease_expiry, ARGV[4])
+dispatch(limit, now, lease_expiry, ARGV[4])
 local status = {}
 for j, id in ipairs(tickets) do
   if redis.call('ZSCORE', LEASES, id) then

@@ -6,14 +6,15 @@
 local LEASES = KEYS[1]   -- ZSET  lease id -> expiry (ms)
 local HOLDERS = KEYS[2]  -- HASH  lease id -> tenant
 local INFLIGHT = KEYS[3] -- HASH  tenant -> leases held
-local WAITERS = KEYS[4]  -- ZSET  ticket id -> expiry (ms), refreshed while its replica lives
+local WAITERS = KEYS[4]  -- ZSET  ticket id -> expiry (ms), refreshed by its replica's heartbeat
 local TICKETS = KEYS[5]  -- HASH  ticket id -> "tenant\nseq" (its place in QUEUE)
 local QUEUE = KEYS[6]    -- HASH  "tenant\nseq" -> ticket id: per-tenant FIFOs
 local QSTATE = KEYS[7]   -- HASH  "h\nT" head seq, "t\nT" tail seq, "n\nT" length, "c\nT" credit
 local RING = KEYS[8]     -- LIST  tenants with waiters, in round-robin order
 local TENANTS = KEYS[9]  -- HASH  tenant -> "limit weight", as last seen by any replica
 -- A ticket that gets a slot becomes a lease with the same id, announced by PUBLISH on
--- "<channel prefix><replica>", the replica being the id's part before the first "-".
+-- "<channel prefix><replica>", the replica being the id's part before the first "-"; the
+-- lease keeps the ticket's short expiry until the replica claims it (see dispatch).
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -72,9 +73,10 @@ local function enqueue(id, tenant, weight, expiry)
   end
 end
 
--- The tenant's oldest ticket, and how many stay queued. Holes left by cancelled tickets
--- are skipped (each once), so this is O(1) amortised.
-local function pop_ticket(tenant)
+-- The tenant's oldest live ticket, its expiry, and how many stay queued. Holes left by
+-- withdrawn tickets are skipped (each once), so this is O(1) amortised; so are tickets past
+-- their expiry (their replica stopped renewing them: dead), which are dropped on the way.
+local function pop_ticket(tenant, now)
   local head = tonumber(redis.call('HGET', QSTATE, 'h\n' .. tenant) or '0')
   local tail = tonumber(redis.call('HGET', QSTATE, 't\n' .. tenant) or '0')
   while head < tail do
@@ -82,6 +84,7 @@ local function pop_ticket(tenant)
     head = head + 1
     local id = redis.call('HGET', QUEUE, place)
     if id then
+      local expiry = tonumber(redis.call('ZSCORE', WAITERS, id) or '0')
       redis.call('HDEL', QUEUE, place)
       redis.call('HDEL', TICKETS, id)
       redis.call('ZREM', WAITERS, id)
@@ -91,7 +94,12 @@ local function pop_ticket(tenant)
       else
         redis.call('HSET', QSTATE, 'h\n' .. tenant, head)
       end
-      return id, left
+      if expiry > now then
+        return id, left, expiry
+      end
+      if left <= 0 then
+        return nil, 0
+      end
     end
   end
   forget_queue(tenant)
@@ -125,7 +133,11 @@ end
 
 -- Hand free account slots to waiting tenants in turn, `weight` grants per turn, skipping
 -- tenants at their own limit: the same policy as the in-memory limiter's _dispatch.
-local function dispatch(limit, expiry, channel)
+-- A granted ticket's lease keeps the ticket's expiry (a few heartbeats away) until its replica
+-- claims it for the full lease ttl (`expiry`): its next heartbeat lists it, as a ticket or as a
+-- lease. So a slot granted to a dead replica's ticket comes back as soon as the ticket would
+-- have expired, not a whole ttl after the grant.
+local function dispatch(limit, now, expiry, channel)
   local inflight = redis.call('ZCARD', LEASES)
   local ring = redis.call('LLEN', RING)
   local skipped = 0
@@ -136,9 +148,9 @@ local function dispatch(limit, expiry, channel)
       redis.call('RPUSH', RING, redis.call('LPOP', RING))
       skipped = skipped + 1
     else
-      local id, left = pop_ticket(tenant)
+      local id, left, ticket_expiry = pop_ticket(tenant, now)
       if id then
-        grant(id, tenant, expiry)
+        grant(id, tenant, math.min(ticket_expiry, expiry))
         redis.call('PUBLISH', channel .. string.match(id, '^[^-]*'), id)
         inflight = inflight + 1
         skipped = 0

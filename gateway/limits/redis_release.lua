@@ -10,5 +10,5 @@ elseif drop_ticket(ARGV[1]) then
   what = 2
 end
 purge(now)
-dispatch(tonumber(ARGV[2]), now + tonumber(ARGV[3]), ARGV[4])
+dispatch(tonumber(ARGV[2]), now, now + tonumber(ARGV[3]), ARGV[4])
 return {what, redis.call('ZCARD', WAITERS)}

@@ -202,6 +202,98 @@ async def test_a_killed_replicas_slot_comes_back_within_the_ttl(redises: Redises
     await redises.assert_clean()
 
 
+async def kill(limiter: RedisLimiter) -> None:
+    """SIGKILL, in process: no more heartbeats, no grant heard, nothing released or withdrawn.
+
+    Its requests stay blocked on their futures, which nothing resolves any more.
+    """
+    tasks = [t for t in (limiter._runner, limiter._listener) if t is not None]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    limiter._runner = limiter._listener = None
+
+
+async def scores(redises: Redises, name: str) -> dict[str, float]:
+    return dict(await redises.client.zrange(redises.key(name), 0, -1, withscores=True))
+
+
+async def next_beat_renews_leases(redises: Redises) -> bool:
+    """Wait for the next heartbeat of the one replica with tickets: did it renew its leases?"""
+    leases, tickets = await scores(redises, "leases"), await scores(redises, "waiters")
+    deadline = time.monotonic() + 5
+    while await scores(redises, "waiters") == tickets:
+        assert time.monotonic() < deadline, "no heartbeat"
+        await asyncio.sleep(0.002)
+    return await scores(redises, "leases") != leases
+
+
+async def redis_ms(redises: Redises) -> float:
+    seconds, micros = await redises.client.time()
+    return seconds * 1000 + micros / 1000
+
+
+async def test_a_killed_replicas_queued_requests_do_not_keep_its_slot(redises: Redises) -> None:
+    ttl = 2.0
+    beat = min(1.0, ttl / 4)
+    dead, survivor = await redises.replica(lease_ttl_s=ttl), await redises.replica(lease_ttl_s=ttl)
+    a = tenant("a", 1)
+    await dead.acquire(ACCOUNT, a, 1)  # never released
+    queued = [asyncio.create_task(dead.acquire(ACCOUNT, a, 60)) for _ in range(3)]
+    try:
+        await redises.wait_queued(3)
+        # Die just after a heartbeat that kept the tickets alive but did not renew the lease
+        # (it does so every other beat): the tickets then outlive the lease, the case that once
+        # handed the freed slot to a dead ticket for another whole TTL.
+        while await next_beat_renews_leases(redises):
+            pass
+        await kill(dead)
+        killed = time.monotonic()
+        lease = await survivor.acquire(ACCOUNT, a, 10)
+        recovered = time.monotonic() - killed
+        # The lease expires within the TTL, then one heartbeat of the survivor to notice.
+        assert recovered < ttl + beat + 0.3, f"the slot came back {recovered:.2f}s after the kill"
+        assert await redises.client.zcard(redises.key("waiters")) == 0
+        assert await redises.client.hlen(redises.key("tickets")) == 0
+        await lease.release()
+        await redises.assert_clean()  # no lease or ticket of the dead replica's is left
+    finally:
+        for task in queued:
+            task.cancel()
+        await asyncio.gather(*queued, return_exceptions=True)
+
+
+async def test_a_slot_granted_to_a_dead_replicas_ticket_comes_back_quickly(
+    redises: Redises,
+) -> None:
+    ttl = 2.0
+    beat = min(1.0, ttl / 4)
+    dead, survivor = await redises.replica(lease_ttl_s=ttl), await redises.replica(lease_ttl_s=ttl)
+    a = tenant("a", 1)
+    holder = await survivor.acquire(ACCOUNT, a, 1)
+    queued = [asyncio.create_task(dead.acquire(ACCOUNT, a, 60)) for _ in range(3)]
+    try:
+        await redises.wait_queued(3)
+        await kill(dead)
+        killed, now_ms = time.monotonic(), await redis_ms(redises)
+        await holder.release()  # the dead replica's first ticket gets the slot
+        waiter = asyncio.create_task(survivor.acquire(ACCOUNT, a, 10))
+        await redises.wait_queued(3)
+        [expiry] = (await scores(redises, "leases")).values()
+        # Only until the ticket would have expired, three heartbeats after its replica's last...
+        assert expiry - now_ms <= 3 * beat * 1000 + 50, f"granted for {expiry - now_ms:.0f} ms"
+        lease = await waiter
+        recovered = time.monotonic() - killed
+        # ...not a TTL from the grant; then one heartbeat of the survivor to notice.
+        assert recovered < 4 * beat + 0.3, f"the slot came back {recovered:.2f}s after the kill"
+        await lease.release()
+        await redises.assert_clean()  # no lease or ticket of the dead replica's is left
+    finally:
+        for task in queued:
+            task.cancel()
+        await asyncio.gather(*queued, return_exceptions=True)
+
+
 class OwnRedis:
     """A redis-server on a fixed port that a test can stop and start again."""
 
