@@ -281,6 +281,10 @@ def report(
         f"allocated in gateway/ itself: {sum(s.size_diff for s in ours) / 1024:+,.1f} KiB, "
         f"{sum(s.count_diff for s in ours):+,} blocks"
     )
+    for s in ours[:5]:
+        frame = s.traceback[0]
+        where = f"{_short(frame.filename)}:{frame.lineno}"
+        say(f"  {s.size_diff / 1024:+9.1f} KiB {s.count_diff:+8,}  {where}")
     say("top growing sites (size, count):")
     for s in stats[: args.top]:
         frame = s.traceback[0]
