@@ -1,11 +1,12 @@
 """`make bench`: the gateway's cost, side by side with calling the upstream directly.
 
-Starts the bench upstream (bench/upstream.py), a gateway with the in-memory limiter, a private
-redis-server and a gateway with the Redis limiter, then drives each with wrk: {direct, memory,
-redis} x {plain, stream} x connections, each for --duration seconds after --warmup seconds.
-Scenarios run interleaved (for each mode and connection count: direct, memory, redis), so drift
-on the machine touches all three alike. With 2+ cores the gateway gets core 0 and everything else
-(upstream, wrk, redis, this script's TTFB probe) the other cores.
+Starts the bench upstream (bench/upstream.py), a bare pass-through (bench/bare.py: the floor), a
+gateway with the in-memory limiter, a private redis-server and a gateway with the Redis limiter,
+then drives each with wrk: {direct, bare, memory, redis} x {plain, stream} x connections, each
+for --duration seconds after --warmup seconds. Scenarios run interleaved (for each mode and
+connection count: direct, bare, memory, redis), so drift on the machine touches all alike. With
+2+ cores the gateways (and bare) get core 0 and everything else (upstream, wrk, redis, this
+script's TTFB probe) the other cores.
 
 Per scenario: req/s and latency percentiles (wrk, to the end of each response), time to first
 byte for streams (a probe on one more connection, up to --probe-requests sequential streams while
@@ -55,7 +56,7 @@ from processes import (
     rss_mib,
 )
 
-TARGETS = ("direct", "memory", "redis")
+TARGETS = ("direct", "bare", "memory", "redis")
 MODES = ("plain", "stream")
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 
@@ -97,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="add 0..J ms (uniform) to each upstream delay; 0 (the default) moves in waves",
     )
     parser.add_argument(
-        "--only", type=_list(str, TARGETS), default=list(TARGETS), help="direct,memory,redis"
+        "--only", type=_list(str, TARGETS), default=list(TARGETS), help="direct,bare,memory,redis"
     )
     parser.add_argument("--modes", type=_list(str, MODES), default=list(MODES), help="plain,stream")
     parser.add_argument(
@@ -263,6 +264,8 @@ def start_target(
 ) -> stack.Target:
     if name == "direct":
         return upstream
+    if name == "bare":
+        return stack.start_bare(children, pinning, upstream)
     redis_url = stack.start_redis(children, pinning, redis_server) if name == "redis" else None
     return stack.start_gateway(children, pinning, upstream, name, redis_url)
 

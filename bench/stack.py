@@ -27,7 +27,7 @@ CONCURRENCY = 1024
 class Target:
     """Something wrk can be pointed at: the upstream itself, or a gateway in front of it."""
 
-    name: str  # direct | memory | redis
+    name: str  # direct | bare | memory | redis
     port: int
     child: Child
     key: str  # what goes in Authorization
@@ -145,6 +145,27 @@ def start_gateway(
     child = children.spawn(f"gateway-{backend}", args)
     wait_http(child, f"http://127.0.0.1:{port}/readyz")
     target = Target(backend, port, child, key)
+    check(target)
+    return target
+
+
+def start_bare(children: Children, pinning: Pinning, upstream: Target) -> Target:
+    """The floor (bench/bare.py) on the gateway's core: what a pass-through costs here."""
+    port = free_port()
+    args = [
+        *pinning.prefix(pinning.gateway),
+        sys.executable,
+        str(BENCH / "bare.py"),
+        "--port",
+        str(port),
+        "--upstream",
+        f"http://127.0.0.1:{upstream.port}/v1",
+        "--key",
+        UPSTREAM_KEY,
+    ]
+    child = children.spawn("gateway-bare", args)  # "gateway-": it shares the gateway's core
+    wait_port(child, port)
+    target = Target("bare", port, child, UPSTREAM_KEY)
     check(target)
     return target
 

@@ -36,9 +36,12 @@ class StreamMeter:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        whole = not self._buf and chunk.endswith(b"\n\n") and b"\r" not in chunk
-        if whole and not _USAGE_OBJECT.search(chunk):
-            return self._whole(chunk)
+        if not self._buf and chunk.endswith(b"\n\n") and b"\r" not in chunk:
+            usage = chunk.count(b'"usage"')
+            if not usage or (
+                chunk.count(b'"usage":null') == usage or not _USAGE_OBJECT.search(chunk)
+            ):
+                return self._whole(chunk, usage)
         data = self._buf + chunk if self._buf else chunk
         held = b""
         if b"\r" in data:  # CRLF line ends; a lone CR at the end may meet its LF next time
@@ -54,13 +57,17 @@ class StreamMeter:
                 out.append(kept + b"\n\n")
         return b"".join(out)
 
-    def _whole(self, chunk: bytes) -> bytes:
-        """The common case, whole events without a usage object: a few scans in C, no split."""
-        self.content_chunks += len(_TEXT_DELTA.findall(chunk))
+    def _whole(self, chunk: bytes, usage: int) -> bytes:
+        """The common case, whole events without a usage object: a few scans in C (byte
+        counts, not regular expressions, for the compact JSON upstream sends), no split."""
+        self.content_chunks += _text_deltas(chunk)
         if _DONE in chunk:
             self.done = True
-        if self.strip_usage and b'"usage"' in chunk:
-            return _USAGE_NULL.sub(b"", chunk)
+        if self.strip_usage and usage:
+            kept = chunk.replace(b',"usage":null', b"")
+            if b'"usage"' in kept:  # spelled some other way: the exact pattern
+                return _USAGE_NULL.sub(b"", chunk)
+            return kept
         return chunk
 
     def flush(self) -> bytes:
@@ -92,6 +99,19 @@ class StreamMeter:
         if self.strip_usage:
             return _USAGE_NULL.sub(b"", event)
         return event
+
+
+def _text_deltas(data: bytes) -> int:
+    """How many content (or reasoning) deltas with text `data` holds, as `_TEXT_DELTA` counts
+    them. `content"` ends only a key or a string (a quote inside a string is escaped): when every
+    one is a compact `"content":"` or `"reasoning_content":"`, counting them is exact."""
+    named = data.count(b'content"')
+    if not named:
+        return 0
+    compact = data.count(b'"content":"') + data.count(b'"reasoning_content":"')
+    if compact != named:
+        return len(_TEXT_DELTA.findall(data))
+    return compact - data.count(b'content":""')
 
 
 def _payload(event: bytes) -> object:
