@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway import logs
 from gateway.auth import AuthMiddleware
 from gateway.config import Settings
 from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, NotFound
@@ -110,6 +111,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Gatewa
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
             await runtime.close()
+            logs.access.flush()
 
     app = FastAPI(
         title="inference-gateway",

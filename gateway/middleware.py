@@ -6,7 +6,6 @@ same id goes upstream and into the one access-log line written per request.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
@@ -15,9 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import Unavailable
 from gateway.lifecycle import PROBE_PATHS
+from gateway.logs import access
 from gateway.responses import send_error
-
-access_log = logging.getLogger("gateway.access")
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 
@@ -84,16 +82,10 @@ class RequestContextMiddleware:
                 lifecycle.leave()
             if self.log:
                 tenant = state.get("tenant")
-                access_log.info(
-                    "%s %s %s %d %.1fms tenant=%s model=%s queue_ms=%s attempts=%s reason=%s",
-                    request_id,
-                    scope["method"],
-                    _path(scope),
-                    status,
-                    (time.perf_counter() - start) * 1000,
-                    tenant.name if tenant else "-",
-                    state.get("model", "-"),
-                    state.get("queue_ms", "-"),
-                    state.get("attempts", "-"),
-                    state.get("error_reason") or "-",
+                access.write(
+                    f"{request_id} {scope['method']} {_path(scope)} {status} "
+                    f"{(time.perf_counter() - start) * 1000:.1f}ms "
+                    f"tenant={tenant.name if tenant else '-'} model={state.get('model', '-')} "
+                    f"queue_ms={state.get('queue_ms', '-')} attempts={state.get('attempts', '-')} "
+                    f"reason={state.get('error_reason') or '-'}"
                 )

@@ -75,3 +75,32 @@ def test_reasoning_deltas_count_and_done_without_blank_line() -> None:
     assert meter.feed(think + think + b"data: [DONE]\n") == think + think
     assert meter.flush() == b"data: [DONE]\n\n"
     assert meter.content_chunks == 2 and meter.done
+
+
+@pytest.mark.parametrize(
+    ("chunk", "expected"),
+    [
+        (b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n', 1),
+        (b'data: {"choices":[{"delta":{"content":""}}]}\n\n', 0),
+        (b'data: {"choices":[{"delta":{"content":null,"tool_calls":[]}}]}\n\n', 0),
+        (b'data: {"choices":[{"delta":{"reasoning_content":"x"}}]}\n\n', 1),
+        (b'data: {"choices":[{"delta":{"content" : "a"}}]}\n\n', 1),  # spaced: the regex
+        (b'data: {"choices":[{"delta":{"x_content":"a","content":"b"}}]}\n\n', 1),
+        (b'data: {"choices":[{"delta":{"content":"say \\"content\\":\\"x"}}]}\n\n', 1),
+        (2 * b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n', 2),
+    ],
+)
+def test_text_deltas_are_counted_as_the_exact_pattern_counts_them(
+    chunk: bytes, expected: int
+) -> None:
+    meter = StreamMeter(strip_usage=False)
+    assert meter.feed(chunk) == chunk
+    assert meter.content_chunks == expected
+
+
+def test_usage_null_first_in_an_object_is_stripped_too() -> None:
+    first = b'data: {"usage":null,"choices":[{"delta":{"content":"a"}}]}\n\n'
+    meter = StreamMeter(strip_usage=True)
+    assert meter.feed(first + WORD) == (
+        b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n' + WORD.replace(b',"usage":null', b"")
+    )
