@@ -34,6 +34,7 @@ def bearer_key(scope: Scope) -> str | None:
 
 
 ADMIN_PREFIX = "/admin/"
+KNOWN_KEYS_MAX = 10_000
 
 
 def authenticate_admin(settings: Settings, scope: Scope) -> None:
@@ -54,9 +55,15 @@ def authenticate(settings: Settings, scope: Scope) -> Tenant:
         raise AuthenticationError(
             "You didn't provide an API key. Send your gateway key as `Authorization: Bearer <key>`."
         )
-    tenant = settings.tenant_by_key_hash.get(hash_key(key))
+    tenant = settings.known_keys.get(key)
     if tenant is None:
-        raise AuthenticationError("Incorrect API key provided. Ask your platform team for a key.")
+        tenant = settings.tenant_by_key_hash.get(hash_key(key))
+        if tenant is None:
+            raise AuthenticationError(
+                "Incorrect API key provided. Ask your platform team for a key."
+            )
+        if len(settings.known_keys) < KNOWN_KEYS_MAX:
+            settings.known_keys[key] = tenant
     return tenant
 
 

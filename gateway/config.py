@@ -125,6 +125,11 @@ class Settings:
     aliases: Mapping[str, str] = field(default_factory=dict)  # alias -> upstream id
     tenant_by_key_hash: Mapping[str, Tenant] = field(default_factory=dict, repr=False)
     files: tuple[str, ...] = ()  # the config file and every keys_file: what a reload watches
+    # Keys already checked against `tenant_by_key_hash`: a dict lookup instead of a SHA-256 a
+    # request. Only valid keys enter, so it is bounded by the config; a reload starts afresh.
+    known_keys: dict[str, Tenant] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def resolve_model(self, name: str) -> str:
         return self.aliases.get(name, name)

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 from starlette.types import Send
+from yarl import URL
 
 from gateway.config import Account, Tenant
 from gateway.errors import (
@@ -129,7 +130,7 @@ class Proxy:
         self._client = client
         self._limiter = limiter
         self._metrics = metrics
-        self._url = client.url("/chat/completions")
+        self._url = URL(client.url("/chat/completions"))  # parsed once, not per request
 
     async def chat(self, call: Call, send: Send, out: Outcome) -> None:
         """Hold a slot for the whole exchange; raise GatewayError if nothing was sent yet."""

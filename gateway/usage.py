@@ -93,6 +93,10 @@ class UsageStore(ABC):
         self.last_seen[tenant] = total = await self._spent(tenant)
         return total
 
+    def known_spent(self, tenant: str) -> float | None:
+        """The same, when it needs no I/O (the budget check's fast path); else None."""
+        return None
+
     @abstractmethod
     async def _add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> float:
         """Count the usage; return the tenant's month spend after it."""
@@ -120,6 +124,9 @@ class MemoryUsageStore(UsageStore):
         return row.get("total|usd", 0.0)
 
     async def _spent(self, tenant: str) -> float:
+        return self.known_spent(tenant)
+
+    def known_spent(self, tenant: str) -> float:
         return self._data.get((month(), tenant), {}).get("total|usd", 0.0)
 
     async def by_model(self, tenant: str) -> dict[str, dict[str, float]]:
@@ -191,6 +198,10 @@ class RedisUsageStore(UsageStore):
             self._totals[key] = float(await self._redis.hget(key, "total|usd") or 0.0)
             self._start_flusher()
         return self._total(key)
+
+    def known_spent(self, tenant: str) -> float | None:
+        key = self._key(tenant)
+        return self._total(key) if key in self._totals else None
 
     async def by_model(self, tenant: str) -> dict[str, dict[str, float]]:
         await self.flush()

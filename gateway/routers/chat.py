@@ -152,14 +152,16 @@ def _usage_changes(data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 async def check_budget(runtime: Runtime, tenant: Tenant) -> None:
     budget = tenant.monthly_budget_usd
     store = runtime.usage
-    try:  # usually a cached figure; the first read of a month may go to Redis
-        async with asyncio.timeout(BUDGET_READ_TIMEOUT_S):
-            spent = await store.spent(tenant.name)
-    except Exception:  # fail open: an unreachable store must not stop every request
-        store.failures += 1
-        if store.failures == 1 or store.failures % 1000 == 0:
-            logger.warning("cannot read spend (%d times); budgets not enforced", store.failures)
-        return
+    spent = store.known_spent(tenant.name)  # usually; the first read of a month goes to Redis
+    if spent is None:
+        try:
+            async with asyncio.timeout(BUDGET_READ_TIMEOUT_S):
+                spent = await store.spent(tenant.name)
+        except Exception:  # fail open: an unreachable store must not stop every request
+            store.failures += 1
+            if store.failures == 1 or store.failures % 1000 == 0:
+                logger.warning("cannot read spend (%d times); budgets not enforced", store.failures)
+            return
     if budget is not None and spent >= budget:
         raise BudgetExceeded(
             f"Tenant {tenant.name!r} has reached its monthly budget of ${budget:.2f} "
