@@ -261,6 +261,32 @@ def test_stream_read_timeout_midway_ends_with_an_error_event(strict: Proc, fake:
     assert "[DONE]" not in body
 
 
+def test_a_slow_but_steady_stream_is_not_cut(strict: Proc, fake: Proc) -> None:
+    """Each gap (0.3 s) is under upstream.read_timeout_s (0.5 s); the whole (1.8 s) is not."""
+    with httpx.stream(
+        "POST",
+        strict.url + "/v1/chat/completions",
+        headers=AUTH,
+        json={
+            "model": LLAMA,
+            "messages": USER,
+            "stream": True,
+            "x_fake": {"chunk_delay_s": 0.3, "tokens": 7},
+        },
+    ) as resp:
+        body = resp.read().decode()
+    assert resp.status_code == 200
+    assert body.rstrip().endswith("data: [DONE]") and '"error"' not in body
+
+
+def test_a_stream_that_never_starts_is_504(strict: Proc, fake: Proc) -> None:
+    resp = post(
+        strict, {"model": LLAMA, "messages": USER, "stream": True, "x_fake": {"delay_s": 2}}
+    )
+    assert resp.status_code == 504
+    assert envelope(resp)["code"] == "upstream_timeout"
+
+
 def test_logs_never_hold_keys(gateway: Proc, strict: Proc) -> None:
     for proc in (gateway, strict):
         logs = proc.logs()
