@@ -2,7 +2,10 @@
 
 Starts a private redis-server on a free loopback port, then times N=2000 sequential
 acquire/release pairs and prints p50/p99 in microseconds, beside a bare PING (one round trip)
-and the in-memory limiter for scale. Run: `.venv/bin/python bench/limiter_bench.py`.
+and the in-memory limiter for scale. Then the concurrent case: 64 requests at a time, each
+holding its slot ~1 ms, CONCURRENT_N pairs in all: this process's CPU per pair and Redis script
+calls per pair (the limiter sends the acquires and releases asked for together in one call).
+Run: `.venv/bin/python bench/limiter_bench.py`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from gateway.limits.redis import RedisLimiter
 
 N = 2000
 WARMUP = 200
+CONCURRENT_N = 20_000
+WORKERS = 64
 ACCOUNT = Account(name="bench", api_key="-", max_concurrency=8)
 TENANT = Tenant(
     name="bench", key_hashes=frozenset(), account="bench", project="b/b", max_concurrency=8
@@ -83,6 +88,40 @@ async def bench_limiter(name: str, limiter: Limiter) -> None:
     print(f"{name:7} acquire+release  {percentiles(pairs)}")
 
 
+async def bench_concurrent(name: str, limiter: Limiter, client: Redis | None) -> None:
+    wide = Account(name="wide", api_key="-", max_concurrency=1024)
+    tenant = Tenant(
+        name="wide", key_hashes=frozenset(), account="wide", project="b/b", max_concurrency=1024
+    )
+    left = CONCURRENT_N
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            lease = await limiter.acquire(wide, tenant, 10.0)
+            await asyncio.sleep(0.001)
+            await lease.release()
+
+    calls = await _evalsha_calls(client)
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(WORKERS)))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    calls = await _evalsha_calls(client) - calls
+    per_call = f"   script calls/pair {calls / CONCURRENT_N:.3f}" if client is not None else ""
+    print(
+        f"{name:7} {WORKERS} at a time      CPU/pair {cpu / CONCURRENT_N * 1e6:7.1f} µs   "
+        f"{CONCURRENT_N / wall:8.0f} pairs/s{per_call}"
+    )
+
+
+async def _evalsha_calls(client: Redis | None) -> int:
+    if client is None:
+        return 0
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
 async def main() -> None:
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     port = free_port()
@@ -91,18 +130,20 @@ async def main() -> None:
     try:
         client = Redis.from_url(url)
         pings = [await timed(client.ping) for _ in range(WARMUP + N)][WARMUP:]
-        await client.aclose()
         print(f"N={N}, redis-server on 127.0.0.1:{port}")
         print(f"redis   PING (one round trip) {percentiles(pings)}")
         limiter = RedisLimiter(LimiterSettings(backend="redis", redis_url=url, key_prefix="bench"))
         await limiter.start()
         try:
             await bench_limiter("redis", limiter)
+            await bench_concurrent("redis", limiter, client)
         finally:
             await limiter.close()
         memory = MemoryLimiter()
         await bench_limiter("memory", memory)
+        await bench_concurrent("memory", memory, None)
         await memory.close()
+        await client.aclose()
     finally:
         proc.terminate()
         proc.wait(timeout=10)

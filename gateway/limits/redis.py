@@ -25,10 +25,13 @@ replica's next heartbeat claims the lease for lease_ttl_s. So of what a SIGKILLe
 leaves, its leases come back within lease_ttl_s and its queued requests (granted or not) hold
 no slot past three heartbeat intervals after its last heartbeat.
 
-Scripts: `acquire` leases at once when the tenant has no one queued and both pools have room (one
-round trip), else queues a ticket. `release` drops a lease or withdraws a ticket, whichever the
-id is (so a timeout or cancellation racing a grant never leaks the slot; a second call is a
-no-op), and hands freed slots to waiting tenants in turn, PUBLISHing each grant. `heartbeat` is
+Scripts: `ops` runs a batch of acquires and releases of one account, in order. Acquire leases at
+once when the tenant has no one queued and both pools have room, else queues a ticket. Release
+drops a lease or withdraws a ticket, whichever the id is (so a timeout or cancellation racing a
+grant never leaks the slot; a second call is a no-op), and freed slots go to waiting tenants in
+turn, PUBLISHing each grant. Per account, one call is in flight at a time; the acquires and
+releases asked for meanwhile go together in the next (uncontended: one round trip each; under
+load, many requests share one). `heartbeat` is
 each replica's periodic call per account: renew its leases every lease_ttl_s/3 (and claim those
 just granted to its tickets at every beat), keep its tickets alive, purge what dead replicas left,
 dispatch, and report its tickets and the pools' state (cached for `pools()`).
@@ -80,6 +83,9 @@ _TROUBLE = (RedisError, OSError)
 # Redis calls in flight at once: more wait their turn instead of opening connections without
 # end (the pool refuses past 100), and each holds its connection for one round trip only.
 _MAX_CALLS = 64
+# Acquires and releases of one account that queue behind its call in flight go together in the
+# next one (redis_ops.lua), at most this many.
+_MAX_BATCH = 64
 # In the order of KEYS in redis_lib.lua.
 _KEYS = (
     "leases",
@@ -113,6 +119,13 @@ class _Account:
     tenants: dict[str, Tenant] = field(default_factory=dict)
     held: dict[str, _RedisLease] = field(default_factory=dict)
     pending: set[str] = field(default_factory=set)  # ids whose release must be retried
+    # Ops waiting for the next call: ("a" | "r", id, tenant, tenant limit, weight), and who
+    # waits for the answer.
+    batch: list[tuple[tuple[str, str, str, int, int], asyncio.Future[int]]] = field(
+        default_factory=list
+    )
+    sender: asyncio.Task[None] | None = None  # the task sending `batch`, while there is one
+    waiting: int = 0  # tickets queued in the account, as of the last call
 
 
 @dataclass(eq=False)
@@ -194,12 +207,11 @@ class RedisLimiter(Limiter):
         self._epoch = 0  # outages so far: a lease lost across one is no surprise
         self._runner: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._ops: set[asyncio.Task[int]] = set()
+        self._ops: set[asyncio.Task[None]] = set()
         self._calls = asyncio.Semaphore(_MAX_CALLS)
         self._client, self._sentinel = connect(settings)
         lib = _lua("redis_lib.lua")
-        self._acquire_lua = self._client.register_script(lib + _lua("redis_acquire.lua"))
-        self._release_lua = self._client.register_script(lib + _lua("redis_release.lua"))
+        self._ops_lua = self._client.register_script(lib + _lua("redis_ops.lua"))
         self._heartbeat_lua = self._client.register_script(lib + _lua("redis_heartbeat.lua"))
 
     @property
@@ -212,7 +224,7 @@ class RedisLimiter(Limiter):
     async def start(self) -> None:
         try:
             await self._client.ping()
-            for script in (self._acquire_lua, self._release_lua, self._heartbeat_lua):
+            for script in (self._ops_lua, self._heartbeat_lua):
                 script.sha = await self._client.script_load(script.script)
             await self._subscribe()
         except _TROUBLE as exc:
@@ -280,24 +292,10 @@ class RedisLimiter(Limiter):
         waited = False
         try:
             while True:
+                op = ("a", lease_id, tenant.name, tenant.max_concurrency, tenant.weight)
                 try:
-                    leased = await self._call(
-                        self._acquire_lua,
-                        acct.keys,
-                        [
-                            lease_id,
-                            tenant.name,
-                            tenant.max_concurrency,
-                            tenant.weight,
-                            self._limit(acct),
-                            self._ttl_ms,
-                            self._ticket_ttl_ms,
-                            self._channels,
-                        ],
-                    )
-                except _TROUBLE as exc:
-                    acct.pending.add(lease_id)  # it may have run: withdraw once Redis is back
-                    self._went_down(exc)
+                    leased = await self._submit(acct, op)
+                except _TROUBLE:  # it may have run: the sender noted it, to withdraw it later
                     return None
                 if not leased:
                     ticket.enqueued = waited = True
@@ -314,7 +312,7 @@ class RedisLimiter(Limiter):
                 queue_s = loop.time() - start if waited else 0.0
                 return self._lease(acct, lease_id, tenant, queue_s, claimed=not waited)
         except BaseException as exc:
-            queued = await asyncio.shield(self._spawn_release(acct, lease_id))
+            queued = await self._release(acct, lease_id)  # sent even if this await is cancelled
             if isinstance(exc, TimeoutError):
                 wait = self._holds.estimate_wait(acct.name, queued, self._limit(acct))
                 raise queue_timeout(tenant, loop.time() - start, wait) from None
@@ -339,41 +337,77 @@ class RedisLimiter(Limiter):
         acct = lease._account
         acct.held.pop(lease._id, None)
         self._holds.observe(acct.name, held_s)
-        # Shielded: a caller cancelled mid-release must not leave the slot taken.
-        await asyncio.shield(self._spawn_release(acct, lease._id))
+        await self._release(acct, lease._id)
 
-    def _spawn_release(self, acct: _Account, lease_id: str) -> asyncio.Task[int]:
-        task = asyncio.create_task(self._release(acct, lease_id))
-        self._ops.add(task)
-        task.add_done_callback(self._ops.discard)
-        return task
-
-    async def _release(self, acct: _Account, lease_id: str) -> int:
-        """Drop the lease or ticket `lease_id`; return how many still queue in the account."""
+    def _release(self, acct: _Account, lease_id: str) -> asyncio.Future[int]:
+        """Drop the lease or ticket `lease_id`; the future says how many still queue in the
+        account. Queued at once, so the release happens even if its caller is cancelled."""
         if self._degraded:
             acct.pending.add(lease_id)
-            return self._queued(acct)
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(self._queued(acct))
+            return done
+        return self._submit(acct, ("r", lease_id, "", 0, 0))
+
+    def _submit(self, acct: _Account, op: tuple[str, str, str, int, int]) -> asyncio.Future[int]:
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        acct.batch.append((op, answer))
+        if acct.sender is None:
+            acct.sender = asyncio.create_task(self._send(acct))
+            self._ops.add(acct.sender)
+            acct.sender.add_done_callback(self._ops.discard)
+        return answer
+
+    async def _send(self, acct: _Account) -> None:
+        """Send the account's queued ops, a batch per call, until none are left. What a call's
+        failure means is settled here, whether or not anyone still waits for the answer."""
         try:
-            _, queued = await self._call(
-                self._release_lua,
-                acct.keys,
-                [lease_id, self._limit(acct), self._ttl_ms, self._channels],
-            )
-        except _TROUBLE as exc:
-            acct.pending.add(lease_id)
-            self._went_down(exc)
-            return self._queued(acct)
-        acct.pending.discard(lease_id)
-        return int(queued)
+            while acct.batch:
+                batch, acct.batch = acct.batch[:_MAX_BATCH], acct.batch[_MAX_BATCH:]
+                args: list[str | int] = [
+                    self._limit(acct),
+                    self._ttl_ms,
+                    self._ticket_ttl_ms,
+                    self._channels,
+                ]
+                for op, _ in batch:
+                    args += op
+                try:
+                    results = await self._call(self._ops_lua, acct.keys, args)
+                except _TROUBLE as exc:
+                    for (_, lease_id, *_), _ in batch:  # may have run: undo once Redis is back
+                        acct.pending.add(lease_id)
+                    self._went_down(exc)
+                    for (kind, *_), answer in batch:
+                        if not answer.done():
+                            if kind == "a":
+                                answer.set_exception(exc)
+                            else:
+                                answer.set_result(self._queued(acct))
+                    continue
+                acct.waiting = int(results[-1])
+                for ((kind, lease_id, *_), answer), result in zip(batch, results, strict=False):
+                    if kind == "r":
+                        acct.pending.discard(lease_id)
+                        result = acct.waiting
+                    if not answer.done():
+                        answer.set_result(int(result))
+        finally:
+            acct.sender = None
+            for _, answer in acct.batch:  # only when cancelled (at close): nothing was sent
+                if not answer.done():
+                    answer.cancel()
 
     async def _retry_releases(self, acct: _Account) -> None:
-        for lease_id in list(acct.pending):
-            await self._call(
-                self._release_lua,
-                acct.keys,
-                [lease_id, self._limit(acct), self._ttl_ms, self._channels],
-            )
-            acct.pending.discard(lease_id)
+        pending = list(acct.pending)
+        if not pending:
+            return
+        args: list[str | int] = [self._limit(acct), self._ttl_ms, self._ticket_ttl_ms]
+        args.append(self._channels)
+        for lease_id in pending:
+            args += ("r", lease_id, "", 0, 0)
+        await self._call(self._ops_lua, acct.keys, args)
+        acct.pending.difference_update(pending)
 
     # -- pools and the adaptive limit -------------------------------------------------------
 

@@ -118,6 +118,36 @@ async def test_replicas_share_one_limit(redises: Redises) -> None:
     await redises.assert_clean()
 
 
+async def evalsha_calls(redises: Redises) -> int:
+    stats = await redises.client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_acquires_and_releases_asked_together_share_calls(redises: Redises) -> None:
+    """100 requests at once on one replica: far fewer script calls than 200 acquires and
+    releases, the limit (8) still held exactly, and every slot handed back."""
+    limiter = await redises.replica()
+    acc, t = account(8), tenant("a", 8)
+    holding = peak = 0
+
+    async def request() -> None:
+        nonlocal holding, peak
+        lease = await limiter.acquire(acc, t, 10)
+        holding += 1
+        peak = max(peak, holding)
+        await asyncio.sleep(0.002)
+        holding -= 1
+        await lease.release()
+
+    await request()  # the account's tenants are known; scripts are loaded
+    before = await evalsha_calls(redises)
+    await asyncio.gather(*(request() for _ in range(100)))
+    calls = await evalsha_calls(redises) - before
+    assert peak == 8
+    assert calls < 100, f"{calls} script calls for 200 operations"
+    await redises.assert_clean()
+
+
 async def test_first_come_first_served_across_replicas(redises: Redises) -> None:
     r1, r2 = await redises.replica(), await redises.replica()
     a = tenant("a", 1)
