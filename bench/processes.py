@@ -74,7 +74,8 @@ class Pinning:
         if not self.active:
             return "not pinned (fewer than 2 cores, or --no-pin): every process shares the cores"
         return (
-            f"gateway on core {_cores(self.gateway)}; bench upstream, wrk, redis-server and the "
+            f"gateways and bare pass-through on core {_cores(self.gateway)}; bench upstream, wrk, "
+            "redis-server and the "
             f"TTFB probe on core {_cores(self.load)}"
         )
 

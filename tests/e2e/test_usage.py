@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -233,8 +234,10 @@ def test_totals_are_summed_over_workers(fake: Proc) -> None:
             client(gw).chat.completions.create(model=LLAMA, messages=USER)
         for _ in range(3):
             client(gw).chat.completions.create(model=LLAMA, messages=USER)
-        served_by = set(re.findall(r"\[(\d+)\] gateway.access: \S+ POST", gw.logs()))
-        assert len(served_by) == 2, "both workers should have served requests"
+        deadline = time.monotonic() + 5  # access lines are written in batches, 0.2 s apart
+        while len(set(re.findall(r"\[(\d+)\] gateway.access: \S+ POST", gw.logs()))) < 2:
+            assert time.monotonic() < deadline, "both workers should have served requests"
+            time.sleep(0.05)
         for _ in range(4):  # whichever worker answers, it reports the sum over both
             s = samples(gw)
             assert (
