@@ -70,6 +70,9 @@ class LimiterSettings:
     key_prefix: str = "igw"
     on_redis_error: Literal["local", "reject"] = "local"
     sentinel: SentinelSettings | None = None
+    # Redis backend: a released slot stays with its replica this long for the tenant's next
+    # request (no round trip), unless someone in the account waits; 0 gives it back at once.
+    keep_slots_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,7 @@ def parse_settings(
             "key_prefix",
             "on_redis_error",
             "sentinel",
+            "keep_slots_s",
         },
     )
     sentinel = None
@@ -255,6 +259,7 @@ def parse_settings(
         on_redis_error=c.get(lim, "limiter", "on_redis_error", choice("local", "reject"))  # type: ignore[arg-type]
         or d_lim.on_redis_error,
         sentinel=sentinel,
+        keep_slots_s=non_negative(c, lim, "limiter", "keep_slots_s", d_lim.keep_slots_s),
     )
 
     srv = c.section(

@@ -39,6 +39,14 @@ dispatch, and report its tickets and the pools' state (cached for `pools()`).
 Waiting: each replica holds one pub/sub subscription and a future per ticket; a grant wakes the
 waiter at once. The heartbeat, every min(1 s, lease_ttl_s/4), is only the safety net.
 
+Kept slots (`keep_slots_s`): a released lease may stay with its replica, still a lease in Redis
+(renewed, counted, never over a limit), for that tenant's next request, which then takes it
+with no round trip. Only while no one in the account waits: a ticket that queues PUBLISHes on
+"<channel prefix>all", and every replica gives its kept slots back at once (and at each
+heartbeat that sees a queue, or when the account backs off from an upstream 429); unused, they
+go back after `keep_slots_s`. Under a load below the limits, requests then cost no Redis round
+trip at all; at the limits, every slot goes through Redis's queue as before.
+
 Redis trouble: with on_redis_error=local the limiter falls back to an in-process
 `MemoryLimiter` with the same limits (per process, so N replicas may admit N times the limit),
 logs once, PINGs every second and returns to the shared limits when Redis answers. With
@@ -133,6 +141,8 @@ class _Account:
     # Releases of those ids: sent after the acquire's call, so Redis never sees them reversed.
     deferred: dict[str, list[_Asked]] = field(default_factory=dict)
     waiting: int = 0  # tickets queued in the account, as of the last call
+    # Released slots kept for the tenant's next request: tenant -> [(lease id, kept at)].
+    spare: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -204,6 +214,8 @@ class RedisLimiter(Limiter):
         self._ids = itertools.count()
         self._channels = f"{self._prefix}:grants:"
         self._channel = self._channels + self._replica
+        self._reclaim_channel = self._channels + "all"  # a ticket queued: give kept slots back
+        self._keep_s = settings.keep_slots_s
         self._adaptive = adaptive if adaptive is not None else AdaptiveLimits()
         self._local = MemoryLimiter(self._adaptive)
         self._holds = HoldTimes()
@@ -250,6 +262,8 @@ class RedisLimiter(Limiter):
                 lease._released = True
                 acct.pending.add(lease._id)
             acct.held.clear()
+            acct.pending.update(lease_id for kept in acct.spare.values() for lease_id, _ in kept)
+            acct.spare.clear()
         if self._ops:
             await asyncio.wait(self._ops, timeout=SOCKET_TIMEOUT_S)
         if not self._degraded:
@@ -273,6 +287,10 @@ class RedisLimiter(Limiter):
 
     async def acquire(self, account: Account, tenant: Tenant, timeout_s: float) -> Lease:
         acct = self._account(account, tenant)
+        if not acct.waiting and not self._degraded:
+            kept = acct.spare.get(tenant.name)
+            if kept:  # a slot this replica kept: no round trip
+                return self._lease(acct, kept.pop()[0], tenant, 0.0, claimed=True)
         deadline = asyncio.get_running_loop().time() + timeout_s
         if not self._degraded:
             lease = await self._acquire_shared(acct, tenant, deadline)
@@ -344,7 +362,35 @@ class RedisLimiter(Limiter):
         acct = lease._account
         acct.held.pop(lease._id, None)
         self._holds.observe(acct.name, held_s)
+        if (
+            self._keep_s > 0
+            and not acct.waiting
+            and not self._degraded
+            and lease._claimed
+            and lease._epoch == self._epoch
+            and self._limit(acct) >= acct.configured  # not while backing off from upstream 429s
+        ):
+            acct.spare.setdefault(lease.tenant, []).append((lease._id, time.monotonic()))
+            return
         await self._release(acct, lease._id)
+
+    def _give_back(self, acct: _Account, older_than: float | None = None) -> None:
+        """Release the account's kept slots (those kept before `older_than`, or all)."""
+        for tenant in list(acct.spare):
+            kept = acct.spare.pop(tenant)
+            fresh = [s for s in kept if older_than is not None and s[1] >= older_than]
+            for lease_id, kept_at in kept:
+                if older_than is None or kept_at < older_than:
+                    self._release(acct, lease_id)
+            if fresh:
+                acct.spare[tenant] = fresh
+
+    def _reclaim(self, leases_key: str) -> None:
+        """Someone queued in this account (on any replica): give kept slots back now."""
+        for acct in self._accounts.values():
+            if acct.keys[0] == leases_key:
+                acct.waiting = max(acct.waiting, 1)
+                self._give_back(acct)
 
     def _release(self, acct: _Account, lease_id: str) -> asyncio.Future[int]:
         """Drop the lease or ticket `lease_id`; the future says how many still queue in the
@@ -467,6 +513,7 @@ class RedisLimiter(Limiter):
         acct = self._accounts.get(account)
         if acct is not None:
             self._adaptive.saturated(account, acct.configured)
+            self._give_back(acct)
 
     def pools(self) -> list[PoolState]:
         if self._degraded:
@@ -508,6 +555,8 @@ class RedisLimiter(Limiter):
     async def _heartbeat(self, acct: _Account, renew: bool) -> None:
         await self._retry_releases(acct)
         leases = [i for i, lease in acct.held.items() if renew or not lease._claimed]
+        if renew:
+            leases += (lease_id for kept in acct.spare.values() for lease_id, _ in kept)
         tickets = [i for i, t in self._tickets.items() if t.account is acct and t.enqueued]
         tenants = list(acct.tenants.values())
         args: list[str | int] = [self._limit(acct), self._ttl_ms, self._ticket_ttl_ms]
@@ -519,6 +568,10 @@ class RedisLimiter(Limiter):
             held = acct.held.get(lease_id)
             if held is not None:
                 held._claimed = True  # renewed, or lost just below
+        if lost and acct.spare:
+            gone = set(lost)
+            for name, kept in list(acct.spare.items()):
+                acct.spare[name] = [s for s in kept if s[0] not in gone]
         for lease_id in lost:
             lease = acct.held.pop(lease_id, None)
             if lease is None:
@@ -537,16 +590,23 @@ class RedisLimiter(Limiter):
             ticket = self._tickets.get(ticket_id)
             if ticket is not None and not ticket.future.done() and status != 0:
                 ticket.future.set_result("granted" if status == 1 else "lost")
-        states = [PoolState(f"account:{acct.name}", self._limit(acct), state[0], state[1])]
+        acct.waiting = state[1]
+        if acct.spare:  # unused for keep_slots_s, or someone waits: back to the pool
+            self._give_back(acct, None if acct.waiting else time.monotonic() - self._keep_s)
+        # In flight, as the pools report it: without this replica's kept (idle) slots.
+        idle = {name: len(slots) for name, slots in acct.spare.items()}
+        inflight = state[0] - sum(idle.values())
+        states = [PoolState(f"account:{acct.name}", self._limit(acct), inflight, state[1])]
         for i, tenant in enumerate(tenants):
-            held, queued = state[2 + 2 * i], state[3 + 2 * i]
+            held = state[2 + 2 * i] - idle.get(tenant.name, 0)
+            queued = state[3 + 2 * i]
             states.append(PoolState(f"tenant:{tenant.name}", tenant.max_concurrency, held, queued))
         self._states[acct.name] = states
 
     async def _subscribe(self) -> None:
         pubsub = self._client.pubsub()
         try:
-            await pubsub.subscribe(self._channel)
+            await pubsub.subscribe(self._channel, self._reclaim_channel)
         except BaseException:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
             raise
@@ -556,6 +616,9 @@ class RedisLimiter(Limiter):
         try:
             async for message in pubsub.listen():
                 if message["type"] != "message":
+                    continue
+                if message["channel"] == self._reclaim_channel:
+                    self._reclaim(message["data"])
                     continue
                 ticket = self._tickets.get(message["data"])
                 if ticket is not None and not ticket.future.done():
@@ -583,6 +646,9 @@ class RedisLimiter(Limiter):
         for ticket in self._tickets.values():
             if not ticket.future.done():
                 ticket.future.set_result("down")
+        for acct in self._accounts.values():  # kept slots: given back once Redis answers
+            acct.pending.update(lease_id for kept in acct.spare.values() for lease_id, _ in kept)
+            acct.spare.clear()
 
     def _came_back(self) -> None:
         self._degraded = False

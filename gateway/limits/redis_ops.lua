@@ -36,6 +36,7 @@ for i = 5, #ARGV, 5 do
       out[#out + 1] = 1
     else
       enqueue(id, tenant, weight, ticket_expiry)
+      redis.call('PUBLISH', channel .. 'all', LEASES) -- replicas give back the slots they keep
       out[#out + 1] = 0
     end
   else

@@ -57,7 +57,11 @@ class Backend:
             assert self.redis_url is not None
             self.redis = Redis.from_url(self.redis_url, decode_responses=True)
             settings = LimiterSettings(
-                backend="redis", redis_url=self.redis_url, key_prefix=self.prefix, lease_ttl_s=1.2
+                backend="redis",
+                redis_url=self.redis_url,
+                key_prefix=self.prefix,
+                lease_ttl_s=1.2,
+                keep_slots_s=0,  # released slots go back at once (kept slots: test_redis_limiter)
             )
             self.limiter = RedisLimiter(settings, adaptive=adaptive)
         await self.limiter.start()

@@ -43,7 +43,7 @@ def account(limit: int) -> Account:
 
 
 def settings(url: str, prefix: str, **kw: object) -> LimiterSettings:
-    fields: dict[str, object] = {"redis_url": url, **kw}
+    fields: dict[str, object] = {"redis_url": url, "keep_slots_s": 0, **kw}
     return LimiterSettings(backend="redis", key_prefix=prefix, **fields)  # type: ignore[arg-type]
 
 
@@ -539,3 +539,79 @@ async def test_sentinel_finds_the_master(own_redis: OwnRedis) -> None:
         await redises.close()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- kept slots (limiter.keep_slots_s) ------------------------------------------------------
+
+
+async def test_a_released_slot_is_kept_for_the_next_request(redises: Redises) -> None:
+    limiter = await redises.replica(keep_slots_s=30)
+    acc, t = account(2), tenant("a", 2)
+    await (await limiter.acquire(acc, t, 1)).release()
+    before = await evalsha_calls(redises)
+    for _ in range(5):
+        await (await limiter.acquire(acc, t, 1)).release()
+    assert await evalsha_calls(redises) == before  # no round trip at all
+    assert await redises.client.zcard(redises.key("leases")) == 1  # still a lease in Redis
+    limiter._states.clear()  # what the next heartbeat reports:
+    await wait_for(limiter.pools)
+    pools = {p.name: p for p in limiter.pools()}
+    assert pools["account:main"].inflight == 0  # idle, as it is
+    assert pools["tenant:a"].inflight == 0
+    await limiter.close()  # closing gives it back
+    await redises.assert_clean()
+
+
+async def test_kept_slots_never_exceed_the_limit(redises: Redises) -> None:
+    replicas = [await redises.replica(keep_slots_s=30) for _ in range(2)]
+    acc, a, b = account(3), tenant("a", 3), tenant("b", 2)
+    rng = random.Random(5)
+    holding = peak = 0
+
+    async def worker() -> None:
+        nonlocal holding, peak
+        await asyncio.sleep(rng.uniform(0, 0.03))
+        lease = await rng.choice(replicas).acquire(acc, rng.choice([a, b]), 10)
+        holding += 1
+        peak = max(peak, holding)
+        assert holding <= 3
+        await asyncio.sleep(rng.uniform(0, 0.01))
+        holding -= 1
+        await lease.release()
+
+    await asyncio.gather(*(worker() for _ in range(80)))
+    assert peak == 3
+
+
+async def test_a_queued_ticket_takes_back_slots_kept_elsewhere_at_once(redises: Redises) -> None:
+    r1 = await redises.replica(keep_slots_s=30)
+    r2 = await redises.replica(keep_slots_s=30)
+    acc, t = account(1), tenant("a", 1)
+    await (await r1.acquire(acc, t, 1)).release()  # r1 keeps the only slot
+    start = time.monotonic()
+    lease = await r2.acquire(acc, t, 5)  # queues; r1 hears of it and gives the slot back
+    assert time.monotonic() - start < 0.5  # not the heartbeat (1 s), nor keep_slots_s (30 s)
+    await lease.release()
+
+
+async def test_unused_kept_slots_go_back(redises: Redises) -> None:
+    limiter = await redises.replica(keep_slots_s=0.2, lease_ttl_s=2)  # a beat every 0.5 s
+    await (await limiter.acquire(account(2), tenant("a", 2), 1)).release()
+    assert await redises.client.zcard(redises.key("leases")) == 1
+    await leases_become(redises, 0, timeout_s=3)
+    await redises.assert_clean()
+
+
+async def test_upstream_429s_give_kept_slots_back(redises: Redises) -> None:
+    limiter = await redises.replica(keep_slots_s=30)
+    acc = account(4)
+    await (await limiter.acquire(acc, tenant("a", 4), 1)).release()
+    limiter.upstream_saturated("main")
+    await leases_become(redises, 0, timeout_s=0.5)  # at once, not after keep_slots_s
+
+
+async def leases_become(redises: Redises, n: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while await redises.client.zcard(redises.key("leases")) != n:
+        assert time.monotonic() < deadline, "leases in Redis did not change in time"
+        await asyncio.sleep(0.01)
