@@ -591,8 +591,14 @@ class RedisLimiter(Limiter):
             if ticket is not None and not ticket.future.done() and status != 0:
                 ticket.future.set_result("granted" if status == 1 else "lost")
         acct.waiting = state[1]
-        if acct.spare:  # unused for keep_slots_s, or someone waits: back to the pool
-            self._give_back(acct, None if acct.waiting else time.monotonic() - self._keep_s)
+        if acct.spare:
+            # All back when someone waits, or a pool is over its limit (lowered by a reload);
+            # else those unused for keep_slots_s.
+            over = state[0] > self._limit(acct) or any(
+                state[2 + 2 * i] > t.max_concurrency for i, t in enumerate(tenants)
+            )
+            everything = acct.waiting or over
+            self._give_back(acct, None if everything else time.monotonic() - self._keep_s)
         # In flight, as the pools report it: without this replica's kept (idle) slots.
         idle = {name: len(slots) for name, slots in acct.spare.items()}
         inflight = state[0] - sum(idle.values())

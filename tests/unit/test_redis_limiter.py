@@ -615,3 +615,14 @@ async def leases_become(redises: Redises, n: int, timeout_s: float) -> None:
     while await redises.client.zcard(redises.key("leases")) != n:
         assert time.monotonic() < deadline, "leases in Redis did not change in time"
         await asyncio.sleep(0.01)
+
+
+async def test_kept_slots_over_a_lowered_limit_go_back(redises: Redises) -> None:
+    limiter = await redises.replica(keep_slots_s=30)
+    acc = account(4)
+    first, second = [await limiter.acquire(acc, tenant("a", 2), 1) for _ in range(2)]
+    await first.release()
+    await second.release()  # both kept
+    lease = await limiter.acquire(acc, tenant("a", 1), 1)  # a reload lowered the limit to 1
+    await leases_become(redises, 1, timeout_s=3)  # the other kept slot went back
+    await lease.release()
