@@ -372,6 +372,37 @@ def print_results(rows: list[Row], found: list[Goal]) -> None:
         print("\n".join(g.line() for g in measured))
     if len(measured) < len(found):
         print(f"  ({len(found) - len(measured)} goals need scenarios this run skipped)")
+    floor = floor_summary(rows)
+    if floor:
+        print("\n" + floor)
+
+
+# The issue's reference machine: its bare pass-through's CPU per plain request and stream.
+REFERENCE_BARE_MS = {"plain": 0.10, "stream": 0.22}
+
+
+def floor_summary(rows: list[Row]) -> str:
+    """What the bare pass-through costs on this machine, against the issue's reference: the
+    scale of every absolute goal here (a slower machine pays more for the same work)."""
+    index = {(r.target, r.mode, r.conns): r for r in rows if r.ok}
+    lines = []
+    for mode, reference in REFERENCE_BARE_MS.items():
+        bare = index.get(("bare", mode, 64))
+        if bare is None or bare.cpu_ms_per_req is None:
+            continue
+        vs = bare.vs_direct
+        lines.append(
+            f"  {mode}: {bare.cpu_ms_per_req:.3f} ms CPU a request, "
+            f"{bare.cpu_ms_per_req / reference:.1f}x the issue's machine ({reference} ms); "
+            f"alone it adds {_signed(vs.get('d_p50_ms'))} ms p50, {_signed(vs.get('d_p99_ms'))} "
+            f"ms p99 at 64 conns, {_pct(vs.get('rps_ratio'))} throughput"
+        )
+        one = index.get(("bare", mode, 1))
+        if one is not None and one.vs_direct.get("d_p50_ms") is not None:
+            lines[-1] += f"; {_signed(one.vs_direct['d_p50_ms'])} ms p50 at 1 conn"
+    if not lines:
+        return ""
+    return "The floor on this machine (bare pass-through, this run):\n" + "\n".join(lines)
 
 
 def progress(row: Row) -> str:

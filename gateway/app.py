@@ -95,6 +95,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Gatewa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(settings)
         app.state.runtime = runtime
+        app.state.lifecycle.on_grace_over.append(runtime.proxy.cut_streams)
         _tune_gc()
         sweeper = asyncio.create_task(_sweep_cycles())
         wake = asyncio.Event()

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -28,6 +29,9 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self.draining = False
+        # Called when the grace period ends with requests in flight; each returns how many
+        # streams it ended with an error event (the proxy's cut_streams).
+        self.on_grace_over: list[Callable[[], int]] = []
         self.active = 0  # requests in progress, probes excluded
         self.idle = asyncio.Event()  # set whenever no request is in progress
         self.idle.set()
@@ -76,7 +80,12 @@ class GracefulServer(uvicorn.Server):
         except TimeoutError:
             pass
         if self.lifecycle.active:
-            logger.warning("grace period over: %d request(s) cut", self.lifecycle.active)
+            cut = sum(hook() for hook in self.lifecycle.on_grace_over)
+            logger.warning(
+                "grace period over: %d request(s) cut (%d stream(s) ended with an error event)",
+                self.lifecycle.active,
+                cut,
+            )
         else:
             logger.info("drained: every request finished")
         super().handle_exit(sig, frame)

@@ -67,6 +67,7 @@ class _StreamWatch:
 
     UPSTREAM = "upstream"
     CLIENT = "client"
+    SHUTDOWN = "shutdown"
 
     __slots__ = (
         "_handle",
@@ -76,6 +77,7 @@ class _StreamWatch:
         "_period",
         "_quiet",
         "_stuck",
+        "_task",
         "begun",
         "ended",
         "fired",
@@ -94,7 +96,14 @@ class _StreamWatch:
         self._loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
+        self._task = task
         self._handle = self._loop.call_later(self._period, self._check, task)
+
+    def cut(self) -> None:
+        """End the stream now, with an error event: the gateway is going away."""
+        if self.fired is None:
+            self.fired = self.SHUTDOWN
+            self._task.cancel()
 
     def _check(self, task: asyncio.Task[Any]) -> None:
         received, begun = self.received, self.begun
@@ -160,12 +169,21 @@ class Proxy:
         self._limiter = limiter
         self._metrics = metrics
         self._url = URL(client.url("/chat/completions"))  # parsed once, not per request
+        self._streams: set[_StreamWatch] = set()  # being relayed, for cut_streams()
         s = client.settings
         # Streams read without aiohttp's `sock_read` timer, re-armed on every chunk: the wait
         # for the answer and its first chunk is timed here, the rest by `_StreamWatch`.
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, connect=s.connect_timeout_s, sock_connect=s.connect_timeout_s
         )
+
+    def cut_streams(self) -> int:
+        """At the end of the shutdown grace: end every stream still relayed with an error event
+        (never silence), so clients know to retry. Returns how many."""
+        streams = list(self._streams)
+        for watch in streams:
+            watch.cut()
+        return len(streams)
 
     async def chat(self, call: Call, send: Send, out: Outcome) -> None:
         """Hold a slot for the whole exchange; raise GatewayError if nothing was sent yet."""
@@ -285,6 +303,7 @@ class Proxy:
         out.first_byte_s = time.monotonic() - call.start
         ending = b""
         watch = _StreamWatch(self._client.settings.read_timeout_s)
+        self._streams.add(watch)
         try:
             async for chunk in chunks:
                 watch.received += 1
@@ -300,8 +319,15 @@ class Proxy:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]  # in a task
             if watch.fired == watch.CLIENT:
                 raise ClientStalled from None
-            out.reason = "upstream_timeout"
-            ending = error_event("W&B stopped sending mid-stream (upstream.read_timeout_s).")
+            if watch.fired == watch.SHUTDOWN:
+                out.reason = "shutting_down"
+                ending = error_event(
+                    "The gateway is shutting down and cut this stream; retry the request.",
+                    code="shutting_down",
+                )
+            else:
+                out.reason = "upstream_timeout"
+                ending = error_event("W&B stopped sending mid-stream (upstream.read_timeout_s).")
         except TimeoutError:  # no longer raised mid-stream by aiohttp; kept for safety
             out.reason = "upstream_timeout"
             ending = error_event("W&B stopped sending mid-stream (upstream.read_timeout_s).")
@@ -314,6 +340,7 @@ class Proxy:
                 ending += error_event("W&B ended the stream before it was complete.")
         finally:
             watch.close()
+            self._streams.discard(watch)
         if meter.usage is not None:
             out.usage = Usage(meter.usage["prompt_tokens"], meter.usage["completion_tokens"])
         if out.reason:

@@ -83,6 +83,46 @@ def test_sigterm_drains_in_flight_streams_and_refuses_new_work(fake: Proc) -> No
         gw.stop(signal.SIGKILL)
 
 
+def test_a_stream_outliving_the_grace_ends_with_an_error_event(fake: Proc) -> None:
+    config = base_config(fake.url, server__shutdown_grace_s=1)
+    path = Path(tempfile.mkdtemp()) / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    gw = spawn(["serve", "--config", str(path), "--port", str(port)], port, "/healthz", "gateway")
+    body: list[str] = []
+
+    def stream() -> None:
+        with httpx.stream(
+            "POST",
+            gw.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {SEARCH_KEY}"},
+            json={
+                "model": LLAMA,
+                "messages": USER,
+                "stream": True,
+                "x_fake": {"chunk_delay_s": 0.2, "tokens": 100},  # 20 s: far past the grace
+            },
+            timeout=30,
+        ) as resp:
+            body.append(resp.read().decode())
+
+    try:
+        reader = threading.Thread(target=stream)
+        reader.start()
+        eventually(lambda: stats(fake)["inflight"].get("wandb-test-key-0123456789") == 1)
+        gw.proc.send_signal(signal.SIGTERM)
+        reader.join(timeout=15)
+        assert body, "the stream did not end"
+        events = [line for line in body[0].splitlines() if line.startswith("data: ")]
+        assert '"code":"shutting_down"' in events[-1], events[-3:]  # the last word, no silence
+        assert "[DONE]" not in body[0]
+        gw.proc.wait(timeout=15)
+        eventually(lambda: stats(fake)["inflight"]["wandb-test-key-0123456789"] == 0)
+        assert "1 stream(s) ended with an error event" in gw.logs()
+    finally:
+        gw.stop(signal.SIGKILL)
+
+
 def test_keys_change_live_and_a_bad_config_is_refused(fake: Proc) -> None:
     folder = Path(tempfile.mkdtemp())
     keys = folder / "search.keys"
