@@ -100,6 +100,7 @@ class Runtime:
         new = dataclasses.replace(new, upstream=old.upstream, limiter=old.limiter, server=server)
         self.settings = new
         self.catalog.reconfigure(new)
+        self.limiter.reconfigure(new.accounts, new.tenants)
         keys = sum(len(t.key_hashes) for t in new.tenants.values())
         logger.info(
             "config reloaded from %s: %d tenant(s), %d key(s), %d model(s)",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.config import Account, Tenant
@@ -68,6 +68,12 @@ class Limiter(ABC):
 
     def upstream_saturated(self, account: str) -> None:  # noqa: B027 (an optional hook)
         """Upstream refused for concurrency although we held a slot: back the account off."""
+
+    def reconfigure(  # noqa: B027 (an optional hook)
+        self, accounts: Mapping[str, Account], tenants: Mapping[str, Tenant]
+    ) -> None:
+        """A reload changed limits or weights: apply them now, so that a raised limit lets
+        queued requests in at once rather than when the next slot frees."""
 
 
 class HoldTimes:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.config import Account, Tenant
@@ -147,6 +148,18 @@ class MemoryLimiter(Limiter):
         raised = limit > apool.limit
         apool.limit = limit
         if raised:
+            self._dispatch(apool)
+
+    def reconfigure(self, accounts: Mapping[str, Account], tenants: Mapping[str, Tenant]) -> None:
+        for apool in self._accounts.values():
+            account = accounts.get(apool.name)
+            if account is not None:
+                apool.configured = account.max_concurrency
+            for tpool in apool.tenants.values():
+                tenant = tenants.get(tpool.name)
+                if tenant is not None and tenant.account == apool.name:
+                    tpool.limit, tpool.weight = tenant.max_concurrency, tenant.weight
+            apool.limit = self._adaptive.limit(apool.name, apool.configured)
             self._dispatch(apool)
 
     def upstream_saturated(self, account: str) -> None:

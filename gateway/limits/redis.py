@@ -61,6 +61,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -98,7 +99,7 @@ _MAX_CALLS = 64
 _MAX_SENDERS = 4
 _MAX_BATCH = 64
 
-_Op = tuple[str, str, str, int, int]  # "a" | "r", id, tenant, tenant limit, weight
+_Op = tuple[str, str, str, int, int]  # "a" | "r" | "c", id, tenant, tenant limit, weight
 _Asked = tuple[_Op, "asyncio.Future[int]"]  # an op and who waits for its answer
 # In the order of KEYS in redis_lib.lua.
 _KEYS = (
@@ -452,8 +453,9 @@ class RedisLimiter(Limiter):
         try:
             results = await self._call(self._ops_lua, acct.keys, args)
         except _TROUBLE as exc:
-            for (_, lease_id, *_), _ in batch:  # may have run: undo once Redis is back
-                acct.pending.add(lease_id)
+            for (kind, lease_id, *_), _ in batch:  # may have run: undo once Redis is back
+                if kind != "c":
+                    acct.pending.add(lease_id)
             self._went_down(exc)
             for (kind, *_), answer in batch:
                 if not answer.done():
@@ -507,6 +509,19 @@ class RedisLimiter(Limiter):
             if state.name == f"account:{acct.name}":
                 return state.queued
         return 0
+
+    def reconfigure(self, accounts: Mapping[str, Account], tenants: Mapping[str, Tenant]) -> None:
+        self._local.reconfigure(accounts, tenants)
+        for acct in self._accounts.values():
+            account = accounts.get(acct.name)
+            if account is not None:
+                acct.configured = account.max_concurrency
+            for name in list(acct.tenants):
+                tenant = tenants.get(name)
+                if tenant is not None and tenant.account == acct.name:
+                    acct.tenants[name] = tenant
+                    if not self._degraded:  # Redis dispatches to waiters a raised limit admits
+                        self._submit(acct, ("c", "", name, tenant.max_concurrency, tenant.weight))
 
     def upstream_saturated(self, account: str) -> None:
         # Per replica: each one backs off from what it sees, the sum follows.

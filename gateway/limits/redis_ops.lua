@@ -6,6 +6,7 @@
 --       (0). Idempotent per id (safe to retry).
 --   'r', id, '', '', ''                    release: give back a lease (1) or withdraw a ticket
 --       (2), whichever `id` is now, or nothing (0: a second call is a no-op).
+--   'c', '', tenant, tenant limit, weight  a reload changed the tenant's limit or weight (0).
 -- Freed slots go to waiting tenants in turn (dispatch) before any later acquire in the batch
 -- and at the end. Returns one number per op, then the tickets still queued in the account.
 local limit, channel = tonumber(ARGV[1]), ARGV[4]
@@ -39,6 +40,10 @@ for i = 5, #ARGV, 5 do
       redis.call('PUBLISH', channel .. 'all', LEASES) -- replicas give back the slots they keep
       out[#out + 1] = 0
     end
+  elseif ARGV[i] == 'c' then
+    redis.call('HSET', TENANTS, ARGV[i + 2], ARGV[i + 3] .. ' ' .. ARGV[i + 4])
+    dirty = true -- a raised limit lets waiters in now
+    out[#out + 1] = 0
   else
     local what = 0
     if drop_lease(id) then

@@ -336,3 +336,16 @@ def test_adaptive_limits_cut_once_per_burst_and_recover_step_by_step() -> None:
         now[0] += 2.0
         limits.saturated("b", 3)
     assert limits.limit("b", 3) == 1
+
+
+async def test_a_reload_that_raises_limits_lets_waiters_in_at_once(backend: Backend) -> None:
+    limiter = await backend.start()
+    acc = account(1)
+    holder = await limiter.acquire(acc, tenant("a", 1), 1)
+    waiter = asyncio.create_task(limiter.acquire(acc, tenant("a", 1), 5))
+    await wait_queued(backend, 1)
+    limiter.reconfigure({"main": account(2)}, {"a": tenant("a", 2)})
+    lease = await asyncio.wait_for(waiter, 1)  # long before the holder lets go
+    await lease.release()
+    await holder.release()
+    await backend.assert_clean()
