@@ -1,11 +1,12 @@
-"""Micro-benchmark: uncontended acquire + release on the Redis limiter (not a test).
+"""Micro-benchmark: the limiters' own cost (not a test).
 
 Starts a private redis-server on a free loopback port, then times N=2000 sequential
 acquire/release pairs and prints p50/p99 in microseconds, beside a bare PING (one round trip)
-and the in-memory limiter for scale. Then the concurrent case: 64 requests at a time, each
-holding its slot ~1 ms, CONCURRENT_N pairs in all: this process's CPU per pair and Redis script
-calls per pair (the limiter sends the acquires and releases asked for together in one call).
-Run: `.venv/bin/python bench/limiter_bench.py`.
+and the in-memory limiter for scale; "redis" gives every slot back at once (keep_slots_s=0),
+"kept" keeps released slots for the next request (the default). Then the concurrent case: 64
+requests at a time, each holding its slot ~1 ms, CONCURRENT_N pairs in all: this process's CPU
+per pair and Redis script calls per pair (acquires and releases asked for together share a
+call). Run: `.venv/bin/python bench/limiter_bench.py`.
 """
 
 from __future__ import annotations
@@ -132,13 +133,17 @@ async def main() -> None:
         pings = [await timed(client.ping) for _ in range(WARMUP + N)][WARMUP:]
         print(f"N={N}, redis-server on 127.0.0.1:{port}")
         print(f"redis   PING (one round trip) {percentiles(pings)}")
-        limiter = RedisLimiter(LimiterSettings(backend="redis", redis_url=url, key_prefix="bench"))
-        await limiter.start()
-        try:
-            await bench_limiter("redis", limiter)
-            await bench_concurrent("redis", limiter, client)
-        finally:
-            await limiter.close()
+        for keep_s, name in ((0.0, "redis"), (1.0, "kept")):  # without and with kept slots
+            settings = LimiterSettings(
+                backend="redis", redis_url=url, key_prefix=f"bench-{name}", keep_slots_s=keep_s
+            )
+            limiter = RedisLimiter(settings)
+            await limiter.start()
+            try:
+                await bench_limiter(name, limiter)
+                await bench_concurrent(name, limiter, client)
+            finally:
+                await limiter.close()
         memory = MemoryLimiter()
         await bench_limiter("memory", memory)
         await bench_concurrent("memory", memory, None)
