@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from threading import Thread
 
 import httpx
 import yaml
@@ -35,33 +35,37 @@ def chat(gateway: Proc, key: str) -> int:
     ).status_code
 
 
-def test_sigterm_drains_in_flight_streams_and_refuses_new_work(fake: Proc) -> None:
-    config = base_config(fake.url, server__shutdown_grace_s=20)
+def gateway_with_grace(fake: Proc, grace_s: float) -> Proc:
     path = Path(tempfile.mkdtemp()) / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(base_config(fake.url, server__shutdown_grace_s=grace_s)))
     port = free_port()
-    gw = spawn(["serve", "--config", str(path), "--port", str(port)], port, "/healthz", "gateway")
+    return spawn(["serve", "--config", str(path), "--port", str(port)], port, "/healthz", "gateway")
+
+
+def stream_in_background(gw: Proc, fake: Proc, knobs: dict[str, float]) -> tuple[Thread, list[str]]:
+    """A stream read to its end in a thread (its body lands in the list), once upstream has it."""
     body: list[str] = []
 
-    def stream() -> None:
+    def read() -> None:
         with httpx.stream(
             "POST",
             gw.url + "/v1/chat/completions",
             headers={"Authorization": f"Bearer {SEARCH_KEY}"},
-            json={
-                "model": LLAMA,
-                "messages": USER,
-                "stream": True,
-                "x_fake": {"chunk_delay_s": 0.25},
-            },
+            json={"model": LLAMA, "messages": USER, "stream": True, "x_fake": knobs},
             timeout=30,
         ) as resp:
             body.append(resp.read().decode())
 
+    reader = Thread(target=read)
+    reader.start()
+    eventually(lambda: stats(fake)["inflight"].get("wandb-test-key-0123456789") == 1)
+    return reader, body
+
+
+def test_sigterm_drains_in_flight_streams_and_refuses_new_work(fake: Proc) -> None:
+    gw = gateway_with_grace(fake, 20)
     try:
-        reader = threading.Thread(target=stream)
-        reader.start()
-        eventually(lambda: stats(fake)["inflight"].get("wandb-test-key-0123456789") == 1)
+        reader, body = stream_in_background(gw, fake, {"chunk_delay_s": 0.25})
         gw.proc.send_signal(signal.SIGTERM)
         eventually(lambda: httpx.get(gw.url + "/readyz").status_code == 503)
         assert httpx.get(gw.url + "/readyz").json()["status"] == "draining"
@@ -84,32 +88,9 @@ def test_sigterm_drains_in_flight_streams_and_refuses_new_work(fake: Proc) -> No
 
 
 def test_a_stream_outliving_the_grace_ends_with_an_error_event(fake: Proc) -> None:
-    config = base_config(fake.url, server__shutdown_grace_s=1)
-    path = Path(tempfile.mkdtemp()) / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    gw = spawn(["serve", "--config", str(path), "--port", str(port)], port, "/healthz", "gateway")
-    body: list[str] = []
-
-    def stream() -> None:
-        with httpx.stream(
-            "POST",
-            gw.url + "/v1/chat/completions",
-            headers={"Authorization": f"Bearer {SEARCH_KEY}"},
-            json={
-                "model": LLAMA,
-                "messages": USER,
-                "stream": True,
-                "x_fake": {"chunk_delay_s": 0.2, "tokens": 100},  # 20 s: far past the grace
-            },
-            timeout=30,
-        ) as resp:
-            body.append(resp.read().decode())
-
-    try:
-        reader = threading.Thread(target=stream)
-        reader.start()
-        eventually(lambda: stats(fake)["inflight"].get("wandb-test-key-0123456789") == 1)
+    gw = gateway_with_grace(fake, 1)
+    try:  # 100 chunks 0.2 s apart: 20 s, far past the grace
+        reader, body = stream_in_background(gw, fake, {"chunk_delay_s": 0.2, "tokens": 100})
         gw.proc.send_signal(signal.SIGTERM)
         reader.join(timeout=15)
         assert body, "the stream did not end"
