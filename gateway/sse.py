@@ -23,6 +23,7 @@ _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
 # A content (or reasoning) delta with text in it: one token a chunk, for estimates.
 _TEXT_DELTA = re.compile(rb'"(?:reasoning_)?content"\s*:\s*"(?!")')
 _DONE = b"data: [DONE]"
+_AFTER_EVENT_DONE = b"\n\n" + _DONE
 
 
 class StreamMeter:
@@ -36,38 +37,44 @@ class StreamMeter:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self._buf and chunk.endswith(b"\n\n") and b"\r" not in chunk:
-            usage = chunk.count(b'"usage"')
-            if not usage or (
-                chunk.count(b'"usage":null') == usage or not _USAGE_OBJECT.search(chunk)
-            ):
-                return self._whole(chunk, usage)
         data = self._buf + chunk if self._buf else chunk
         held = b""
         if b"\r" in data:  # CRLF line ends; a lone CR at the end may meet its LF next time
             if data.endswith(b"\r"):
                 data, held = data[:-1], b"\r"
             data = data.replace(b"\r\n", b"\n")
-        *events, rest = data.split(b"\n\n")
-        self._buf = rest + held
-        out = []
-        for event in events:
-            kept = self._event(event)
-            if kept is not None:
-                out.append(kept + b"\n\n")
-        return b"".join(out)
+        end = data.rfind(b"\n\n") + 2  # what ends with whole events goes out now
+        if end < 2:
+            self._buf = data + held
+            return b""
+        self._buf = data[end:] + held
+        return self._events(data[:end] if end < len(data) else data)
+
+    def _events(self, data: bytes) -> bytes:
+        """Whole events: the one with the usage object (upstream sends it last) on its own,
+        every other run of events in one piece, in C (`_whole`)."""
+        usage = data.count(b'"usage"')
+        found = None
+        if usage and data.count(b'"usage":null') != usage:
+            found = _USAGE_OBJECT.search(data)
+        if found is None:
+            return self._whole(data, usage)
+        start = data.rfind(b"\n\n", 0, found.start())
+        start = 0 if start < 0 else start + 2
+        stop = data.find(b"\n\n", found.end())  # found: `data` ends with a blank line
+        head = self._whole(data[:start], 1) if start else b""
+        kept = self._event(data[start:stop])
+        tail = self._events(data[stop + 2 :]) if stop + 2 < len(data) else b""
+        return head + (kept + b"\n\n" if kept is not None else b"") + tail
 
     def _whole(self, chunk: bytes, usage: int) -> bytes:
         """The common case, whole events without a usage object: a few scans in C (byte
         counts, not regular expressions, for the compact JSON upstream sends), no split."""
         self.content_chunks += _text_deltas(chunk)
-        if _DONE in chunk:
+        if chunk.startswith(_DONE) or _AFTER_EVENT_DONE in chunk:  # never inside a string
             self.done = True
         if self.strip_usage and usage:
-            kept = chunk.replace(b',"usage":null', b"")
-            if b'"usage"' in kept:  # spelled some other way: the exact pattern
-                return _USAGE_NULL.sub(b"", chunk)
-            return kept
+            return _strip_usage_nulls(chunk)
         return chunk
 
     def flush(self) -> bytes:
@@ -85,8 +92,9 @@ class StreamMeter:
         if event.startswith(_DONE):
             self.done = True
             return event
-        self.content_chunks += len(_TEXT_DELTA.findall(event))
-        if _USAGE_OBJECT.search(event):
+        self.content_chunks += _text_deltas(event)
+        named = event.count(b'"usage"')
+        if named and event.count(b'"usage":null') != named and _USAGE_OBJECT.search(event):
             payload = _payload(event)
             usage = payload.get("usage") if isinstance(payload, dict) else None
             if isinstance(usage, dict):
@@ -96,9 +104,18 @@ class StreamMeter:
                 }
                 if self.strip_usage and isinstance(payload, dict) and not payload.get("choices"):
                     return None
-        if self.strip_usage:
-            return _USAGE_NULL.sub(b"", event)
+        if self.strip_usage and named:
+            return _strip_usage_nulls(event)
         return event
+
+
+def _strip_usage_nulls(data: bytes) -> bytes:
+    """`data` without its `"usage":null` fields: a byte replace for the compact spelling, the
+    exact pattern when another one is left."""
+    kept = data.replace(b',"usage":null', b"")
+    if b'"usage"' in kept:
+        return _USAGE_NULL.sub(b"", data)
+    return kept
 
 
 def _text_deltas(data: bytes) -> int:

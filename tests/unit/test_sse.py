@@ -104,3 +104,21 @@ def test_usage_null_first_in_an_object_is_stripped_too() -> None:
     assert meter.feed(first + WORD) == (
         b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n' + WORD.replace(b',"usage":null', b"")
     )
+
+
+def test_done_quoted_inside_content_is_not_the_end() -> None:
+    quoting = b'data: {"choices":[{"delta":{"content":"say data: [DONE]"}}]}\n\n'
+    meter = StreamMeter(strip_usage=False)
+    assert meter.feed(quoting) == quoting
+    assert not meter.done
+    assert meter.feed(quoting + DONE) == quoting + DONE
+    assert meter.done
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, len(STREAM)])
+def test_events_after_the_usage_chunk_still_count(size: int) -> None:
+    late = STREAM.replace(DONE, WORD + DONE)  # a content event after the usage one
+    meter = StreamMeter(strip_usage=True)
+    out = relay(meter, late, size)
+    assert meter.content_chunks == 3 and meter.done
+    assert out.count(b"data: ") == 6 and b'"usage":{' not in out
