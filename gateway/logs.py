@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 
 LEVEL_ENV = "GATEWAY_LOG_LEVEL"
@@ -63,6 +64,8 @@ class AccessLog:
         self._stamp = ""
         self._pid = -1
         self._prefix = ""
+        self._lock = threading.Lock()  # other threads' log records flush too (`_Handler`)
+        self._timer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is due
         atexit.register(self.flush)
 
     def _direct(self) -> logging.StreamHandler | None:  # type: ignore[type-arg]
@@ -96,19 +99,27 @@ class AccessLog:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         msecs = int((now - second) * 1000)
-        self._lines.append(f"{self._stamp},{msecs:03d}{self._prefix}{message}\n")
-        if len(self._lines) >= self.MAX_LINES:
+        with self._lock:
+            self._lines.append(f"{self._stamp},{msecs:03d}{self._prefix}{message}\n")
+            pending = len(self._lines)
+        if pending >= self.MAX_LINES:
             self.flush()
-        elif len(self._lines) == 1:
-            try:
-                asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)
-            except RuntimeError:  # no loop: nothing would flush later
-                self.flush()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: nothing would flush later
+            self.flush()
+            return
+        if self._timer_loop is not loop:  # none scheduled, or on a loop that is gone
+            self._timer_loop = loop
+            loop.call_later(self.FLUSH_S, self.flush)
 
     def flush(self) -> None:
-        if not self._lines:
-            return
-        lines, self._lines = self._lines, []
+        with self._lock:
+            self._timer_loop = None
+            if not self._lines:
+                return
+            lines, self._lines = self._lines, []
         handler = self._direct()
         if handler is None:  # logging was reconfigured meanwhile
             for line in lines:

@@ -56,13 +56,14 @@ class ClientStalled(Exception):
 class _StreamWatch:
     """The two safety nets of a relayed stream, on one timer per stream.
 
-    - upstream silent: no chunk for `read_timeout_s` (at most 1.5x that) while no send to the
-      client waits: the relay ends with an error event;
-    - client stalled: one send has waited `read_timeout_s + CLIENT_STALL_MARGIN_S` (at most
-      `read_timeout_s / 2` more): the client is treated as gone.
+    - upstream silent: no chunk for `read_timeout_s` while no send to the client waits: the
+      relay ends with an error event;
+    - client stalled: one send has waited `read_timeout_s + CLIENT_STALL_MARGIN_S`: the client
+      is treated as gone.
 
-    A check every `read_timeout_s / 2` compares counters the relay bumps, instead of timer handles
-    re-armed around every chunk (ours, and aiohttp's `sock_read`: 7% of a stream's CPU, measured).
+    A check every `min(read_timeout_s, CLIENT_STALL_MARGIN_S) / 2` (2.5 s by default) compares
+    counters the relay bumps, instead of timer handles re-armed around every chunk (ours, and
+    aiohttp's `sock_read`: 7% of a stream's CPU, measured). Each fires at most two checks late.
     """
 
     UPSTREAM = "upstream"
@@ -76,6 +77,7 @@ class _StreamWatch:
         "_patience",
         "_period",
         "_quiet",
+        "_silence",
         "_stuck",
         "_task",
         "begun",
@@ -88,7 +90,8 @@ class _StreamWatch:
         self.received = 0  # upstream chunks taken
         self.begun = self.ended = 0  # sends to the client started and finished
         self.fired: str | None = None
-        self._period = read_timeout_s / 2
+        self._period = min(read_timeout_s, CLIENT_STALL_MARGIN_S) / 2
+        self._silence = math.ceil(read_timeout_s / self._period)  # quiet checks that are too many
         self._patience = math.ceil((read_timeout_s + CLIENT_STALL_MARGIN_S) / self._period)
         self._last = (-1, -1)  # (received, begun) at the last check
         self._quiet = 0  # checks in a row that saw nothing received and no send waiting
@@ -103,6 +106,7 @@ class _StreamWatch:
         """End the stream now, with an error event: the gateway is going away."""
         if self.fired is None:
             self.fired = self.SHUTDOWN
+            self._handle.cancel()
             self._task.cancel()
 
     def _check(self, task: asyncio.Task[Any]) -> None:
@@ -115,7 +119,7 @@ class _StreamWatch:
         else:
             self._stuck = 0
             self._quiet = self._quiet + 1 if received == self._last[0] else 0
-            if self._quiet >= 2:
+            if self._quiet >= self._silence:
                 self.fired = self.UPSTREAM
         if self.fired:
             task.cancel()
@@ -257,7 +261,10 @@ class Proxy:
                     await self._relay_body(resp, call, send, out)
                 clean = True
                 return
-            body = await _read(resp)
+            if call.stream:  # no sock_read timer on a stream's session call: bound it here
+                body = await _read_within(resp, self._client.settings.read_timeout_s)
+            else:
+                body = await _read(resp)
             clean = True
         finally:
             if clean:
@@ -314,9 +321,10 @@ class Proxy:
                     watch.ended += 1
             ending = meter.flush()
         except asyncio.CancelledError:
-            if watch.fired is None:
+            task = asyncio.current_task()
+            assert task is not None
+            if watch.fired is None or task.uncancel() > 0:  # not (only) ours: go on unwinding
                 raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # in a task
             if watch.fired == watch.CLIENT:
                 raise ClientStalled from None
             if watch.fired == watch.SHUTDOWN:
@@ -394,6 +402,16 @@ async def _read(resp: aiohttp.ClientResponse) -> bytes:
         ) from None
     except aiohttp.ClientError as exc:
         raise _connect_error(exc) from None
+
+
+async def _read_within(resp: aiohttp.ClientResponse, seconds: float) -> bytes:
+    try:
+        async with asyncio.timeout(seconds):
+            return await _read(resp)
+    except TimeoutError:
+        raise UpstreamTimeout(
+            "W&B did not finish its answer within upstream.read_timeout_s"
+        ) from None
 
 
 def _connect_error(exc: Exception) -> Retryable:

@@ -23,7 +23,7 @@ _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
 # A content (or reasoning) delta with text in it: one token a chunk, for estimates.
 _TEXT_DELTA = re.compile(rb'"(?:reasoning_)?content"\s*:\s*"(?!")')
 _DONE = b"data: [DONE]"
-_AFTER_EVENT_DONE = b"\n\n" + _DONE
+_LINE_DONE = b"\n" + _DONE
 
 
 class StreamMeter:
@@ -51,27 +51,33 @@ class StreamMeter:
         return self._events(data[:end] if end < len(data) else data)
 
     def _events(self, data: bytes) -> bytes:
-        """Whole events: the one with the usage object (upstream sends it last) on its own,
-        every other run of events in one piece, in C (`_whole`)."""
-        usage = data.count(b'"usage"')
-        found = None
-        if usage and data.count(b'"usage":null') != usage:
-            found = _USAGE_OBJECT.search(data)
-        if found is None:
-            return self._whole(data, usage)
-        start = data.rfind(b"\n\n", 0, found.start())
-        start = 0 if start < 0 else start + 2
-        stop = data.find(b"\n\n", found.end())  # found: `data` ends with a blank line
-        head = self._whole(data[:start], 1) if start else b""
-        kept = self._event(data[start:stop])
-        tail = self._events(data[stop + 2 :]) if stop + 2 < len(data) else b""
-        return head + (kept + b"\n\n" if kept is not None else b"") + tail
+        """Whole events: each one with a usage object (upstream sends one, last) on its own,
+        every run of events between them in one piece, in C (`_whole`)."""
+        out: list[bytes] = []
+        while data:
+            usage = data.count(b'"usage"')
+            found = None
+            if usage and data.count(b'"usage":null') != usage:
+                found = _USAGE_OBJECT.search(data)
+            if found is None:
+                out.append(self._whole(data, usage))
+                break
+            start = data.rfind(b"\n\n", 0, found.start())
+            start = 0 if start < 0 else start + 2
+            stop = data.find(b"\n\n", found.end())  # found: `data` ends with a blank line
+            if start:
+                out.append(self._whole(data[:start], 1))
+            kept = self._event(data[start:stop])
+            if kept is not None:
+                out.append(kept + b"\n\n")
+            data = data[stop + 2 :]
+        return b"".join(out)
 
     def _whole(self, chunk: bytes, usage: int) -> bytes:
         """The common case, whole events without a usage object: a few scans in C (byte
         counts, not regular expressions, for the compact JSON upstream sends), no split."""
         self.content_chunks += _text_deltas(chunk)
-        if chunk.startswith(_DONE) or _AFTER_EVENT_DONE in chunk:  # never inside a string
+        if chunk.startswith(_DONE) or _LINE_DONE in chunk:  # a raw newline: never in a string
             self.done = True
         if self.strip_usage and usage:
             return _strip_usage_nulls(chunk)
@@ -89,7 +95,7 @@ class StreamMeter:
 
     def _event(self, event: bytes) -> bytes | None:
         """The event as the client should get it, or None to drop it."""
-        if event.startswith(_DONE):
+        if event.lstrip(b"\n").startswith(_DONE):
             self.done = True
             return event
         self.content_chunks += _text_deltas(event)

@@ -117,6 +117,11 @@ _KEYS = (
 _Status = Literal["granted", "lost", "down"]
 
 
+def _unawaited(answer: asyncio.Future[int]) -> None:
+    """Nobody waits for this answer: its failure (already logged) must not warn again."""
+    answer.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 def _lua(name: str) -> str:
     return resources.files("gateway.limits").joinpath(name).read_text()
 
@@ -138,10 +143,11 @@ class _Account:
     batch: list[_Asked] = field(default_factory=list)
     senders: int = 0  # tasks sending batches
     starting: bool = False  # one of them has not taken its batch yet
-    flying: set[str] = field(default_factory=set)  # ids of acquires in a call in flight
+    unanswered: set[str] = field(default_factory=set)  # ids of acquires queued or in flight
     # Releases of those ids: sent after the acquire's call, so Redis never sees them reversed.
     deferred: dict[str, list[_Asked]] = field(default_factory=dict)
     waiting: int = 0  # tickets queued in the account, as of the last call
+    reclaims: int = 0  # broadcasts heard: an answer older than the last one says nothing
     # Released slots kept for the tenant's next request: tenant -> [(lease id, kept at)].
     spare: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
@@ -361,10 +367,11 @@ class RedisLimiter(Limiter):
 
     async def _release_lease(self, lease: _RedisLease, held_s: float) -> None:
         acct = lease._account
-        acct.held.pop(lease._id, None)
+        held = acct.held.pop(lease._id, None) is lease  # not if Redis said it was lost
         self._holds.observe(acct.name, held_s)
         if (
-            self._keep_s > 0
+            held
+            and self._keep_s > 0
             and not acct.waiting
             and not self._degraded
             and lease._claimed
@@ -382,7 +389,7 @@ class RedisLimiter(Limiter):
             fresh = [s for s in kept if older_than is not None and s[1] >= older_than]
             for lease_id, kept_at in kept:
                 if older_than is None or kept_at < older_than:
-                    self._release(acct, lease_id)
+                    _unawaited(self._release(acct, lease_id))
             if fresh:
                 acct.spare[tenant] = fresh
 
@@ -390,6 +397,7 @@ class RedisLimiter(Limiter):
         """Someone queued in this account (on any replica): give kept slots back now."""
         for acct in self._accounts.values():
             if acct.keys[0] == leases_key:
+                acct.reclaims += 1
                 acct.waiting = max(acct.waiting, 1)
                 self._give_back(acct)
 
@@ -405,7 +413,9 @@ class RedisLimiter(Limiter):
 
     def _submit(self, acct: _Account, op: _Op) -> asyncio.Future[int]:
         answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        if op[0] == "r" and op[1] in acct.flying:
+        if op[0] == "a":
+            acct.unanswered.add(op[1])
+        if op[0] == "r" and op[1] in acct.unanswered:
             acct.deferred.setdefault(op[1], []).append((op, answer))
         else:
             acct.batch.append((op, answer))
@@ -429,11 +439,10 @@ class RedisLimiter(Limiter):
                 batch, acct.batch = acct.batch[:_MAX_BATCH], acct.batch[_MAX_BATCH:]
                 self._kick(acct)  # more than a batch waits: another sender, if there is room
                 acquires = [op[1] for op, _ in batch if op[0] == "a"]
-                acct.flying.update(acquires)
                 try:
                     await self._send_batch(acct, batch)
                 finally:
-                    acct.flying.difference_update(acquires)
+                    acct.unanswered.difference_update(acquires)
                     for lease_id in acquires:
                         acct.batch += acct.deferred.pop(lease_id, ())
         finally:
@@ -450,6 +459,7 @@ class RedisLimiter(Limiter):
         args.append(self._channels)
         for op, _ in batch:
             args += op
+        reclaims = acct.reclaims
         try:
             results = await self._call(self._ops_lua, acct.keys, args)
         except _TROUBLE as exc:
@@ -470,7 +480,8 @@ class RedisLimiter(Limiter):
                 if not answer.done():
                     answer.set_exception(exc)
             return
-        acct.waiting = int(results[-1])
+        if acct.reclaims == reclaims or results[-1]:  # no broadcast overtook this answer
+            acct.waiting = int(results[-1])
         for ((kind, lease_id, *_), answer), result in zip(batch, results, strict=False):
             if kind == "r":
                 acct.pending.discard(lease_id)
@@ -521,7 +532,8 @@ class RedisLimiter(Limiter):
                 if tenant is not None and tenant.account == acct.name:
                     acct.tenants[name] = tenant
                     if not self._degraded:  # Redis dispatches to waiters a raised limit admits
-                        self._submit(acct, ("c", "", name, tenant.max_concurrency, tenant.weight))
+                        op = ("c", "", name, tenant.max_concurrency, tenant.weight)
+                        _unawaited(self._submit(acct, op))
 
     def upstream_saturated(self, account: str) -> None:
         # Per replica: each one backs off from what it sees, the sum follows.
@@ -578,6 +590,7 @@ class RedisLimiter(Limiter):
         args.append(self._channels)
         args += [len(leases), *leases, len(tickets), *tickets]
         args += [len(tenants), *(t.name for t in tenants)]
+        reclaims = acct.reclaims
         lost, statuses, state = await self._call(self._heartbeat_lua, acct.keys, args)
         for lease_id in leases:
             held = acct.held.get(lease_id)
@@ -605,7 +618,8 @@ class RedisLimiter(Limiter):
             ticket = self._tickets.get(ticket_id)
             if ticket is not None and not ticket.future.done() and status != 0:
                 ticket.future.set_result("granted" if status == 1 else "lost")
-        acct.waiting = state[1]
+        if acct.reclaims == reclaims or state[1]:  # no broadcast overtook this answer
+            acct.waiting = state[1]
         if acct.spare:
             # All back when someone waits, or a pool is over its limit (lowered by a reload);
             # else those unused for keep_slots_s.

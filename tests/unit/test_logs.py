@@ -72,3 +72,17 @@ def test_a_level_above_info_silences_it() -> None:
         log.write("req_1 POST /v1 200")
         log.flush()
         assert stream.getvalue() == ""
+
+
+def test_a_flush_due_on_a_loop_that_ended_is_scheduled_again() -> None:
+    log = AccessLog()
+
+    async def write(wait_s: float) -> None:
+        log.write("req_1 POST /v1 200")
+        await asyncio.sleep(wait_s)
+
+    with configured() as stream:
+        asyncio.run(write(0))  # the loop ends before its flush is due
+        asyncio.run(write(AccessLog.FLUSH_S + 0.1))  # a new loop: the next line schedules one
+        lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and all(LINE.match(line) for line in lines), lines

@@ -609,3 +609,28 @@ async def test_kept_slots_over_a_lowered_limit_go_back(redises: Redises) -> None
     lease = await limiter.acquire(acc, tenant("a", 1), 1)  # a reload lowered the limit to 1
     await leases_become(redises, 1, timeout_s=3)  # the other kept slot went back
     await lease.release()
+
+
+async def test_a_release_never_overtakes_its_acquire(redises: Redises) -> None:
+    """Asked in the same breath (a client gone while its acquire still waits to be sent): the
+    release waits for the acquire's answer, whichever batch or sender either lands in."""
+    limiter = await redises.replica()
+    acct = limiter._account(account(2), tenant("a", 2))
+    acquire = limiter._submit(acct, ("a", "x-1", "a", 2, 1))
+    release = limiter._release(acct, "x-1")
+    assert [op for op, _ in acct.batch] == [("a", "x-1", "a", 2, 1)]  # the release is held
+    assert await acquire == 1
+    await release
+    await redises.assert_clean()
+
+
+async def test_a_lease_redis_lost_is_not_kept(redises: Redises) -> None:
+    limiter = await redises.replica(keep_slots_s=30, lease_ttl_s=2)
+    acc, t = account(1), tenant("a", 1)
+    lease = await limiter.acquire(acc, t, 1)
+    acct = limiter._accounts["main"]
+    (lease_id,) = acct.held
+    await redises.client.zrem(redises.key("leases"), lease_id)  # as if it had expired
+    await wait_for(lambda: lease_id not in acct.held)  # the heartbeat says it is lost
+    await lease.release()
+    assert not acct.spare  # a slot Redis no longer counts is not handed out again

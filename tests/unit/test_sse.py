@@ -122,3 +122,16 @@ def test_events_after_the_usage_chunk_still_count(size: int) -> None:
     out = relay(meter, late, size)
     assert meter.content_chunks == 3 and meter.done
     assert out.count(b"data: ") == 6 and b'"usage":{' not in out
+
+
+def test_done_after_a_stray_blank_line_split_across_reads() -> None:
+    meter = StreamMeter(strip_usage=False)
+    meter.feed(WORD + b"\n")  # one newline too many, the rest comes in the next read
+    meter.feed(b"\n" + DONE)
+    assert meter.done
+
+
+def test_many_usage_events_in_one_read() -> None:
+    meter = StreamMeter(strip_usage=True)
+    out = meter.feed(2000 * (WORD + USAGE) + DONE)  # a loop: no recursion limit
+    assert out.count(b"data: ") == 2001 and meter.content_chunks == 2000 and meter.done
