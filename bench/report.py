@@ -393,10 +393,14 @@ def floor_summary(rows: list[Row]) -> str:
         vs = bare.vs_direct
         lines.append(
             f"  {mode}: {bare.cpu_ms_per_req:.3f} ms CPU a request, "
-            f"{bare.cpu_ms_per_req / reference:.1f}x the issue's machine ({reference} ms); "
-            f"alone it adds {_signed(vs.get('d_p50_ms'))} ms p50, {_signed(vs.get('d_p99_ms'))} "
-            f"ms p99 at 64 conns, {_pct(vs.get('rps_ratio'))} throughput"
+            f"{bare.cpu_ms_per_req / reference:.1f}x the issue's machine ({reference} ms)"
         )
+        if vs:  # direct was measured too
+            lines[-1] += (
+                f"; alone it adds {_signed(vs.get('d_p50_ms'))} ms p50, "
+                f"{_signed(vs.get('d_p99_ms'))} ms p99 at 64 conns, "
+                f"{_pct(vs.get('rps_ratio'))} throughput"
+            )
         one = index.get(("bare", mode, 1))
         if one is not None and one.vs_direct.get("d_p50_ms") is not None:
             lines[-1] += f"; {_signed(one.vs_direct['d_p50_ms'])} ms p50 at 1 conn"
