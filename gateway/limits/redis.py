@@ -29,12 +29,13 @@ Scripts: `ops` runs a batch of acquires and releases of one account, in order. A
 once when the tenant has no one queued and both pools have room, else queues a ticket. Release
 drops a lease or withdraws a ticket, whichever the id is (so a timeout or cancellation racing a
 grant never leaks the slot; a second call is a no-op), and freed slots go to waiting tenants in
-turn, PUBLISHing each grant. Per account, one call is in flight at a time; the acquires and
-releases asked for meanwhile go together in the next (uncontended: one round trip each; under
-load, many requests share one). `heartbeat` is
-each replica's periodic call per account: renew its leases every lease_ttl_s/3 (and claim those
-just granted to its tickets at every beat), keep its tickets alive, purge what dead replicas left,
-dispatch, and report its tickets and the pools' state (cached for `pools()`).
+turn, PUBLISHing each grant. Per account, up to 4 calls are in flight at once; the acquires and
+releases asked for while all are busy go together in the next (uncontended: one round trip
+each; under load, many requests share one). A release is sent only once its acquire is
+answered. `heartbeat` is each replica's periodic call per account: renew its leases every
+lease_ttl_s/3 (and claim those just granted to its tickets at every beat), keep its tickets
+alive, purge what dead replicas left, dispatch, and report its tickets and the pools' state
+(cached for `pools()`).
 
 Waiting: each replica holds one pub/sub subscription and a future per ticket; a grant wakes the
 waiter at once. The heartbeat, every min(1 s, lease_ttl_s/4), is only the safety net.
@@ -43,9 +44,10 @@ Kept slots (`keep_slots_s`): a released lease may stay with its replica, still a
 (renewed, counted, never over a limit), for that tenant's next request, which then takes it
 with no round trip. Only while no one in the account waits: a ticket that queues PUBLISHes on
 "<channel prefix>all", and every replica gives its kept slots back at once (and at each
-heartbeat that sees a queue, or when the account backs off from an upstream 429); unused, they
-go back after `keep_slots_s`. Under a load below the limits, requests then cost no Redis round
-trip at all; at the limits, every slot goes through Redis's queue as before.
+heartbeat that sees a queue or a pool over its limit, or when the account backs off from an
+upstream 429); unused, they go back after `keep_slots_s`. Under a load below the limits,
+requests then cost no Redis round trip at all; at the limits, every slot goes through Redis's
+queue as before.
 
 Redis trouble: with on_redis_error=local the limiter falls back to an in-process
 `MemoryLimiter` with the same limits (per process, so N replicas may admit N times the limit),
@@ -455,10 +457,7 @@ class RedisLimiter(Limiter):
     async def _send_batch(self, acct: _Account, batch: list[_Asked]) -> None:
         """One call. What its failure means is settled here, whether or not anyone still waits
         for the answers."""
-        args: list[str | int] = [self._limit(acct), self._ttl_ms, self._ticket_ttl_ms]
-        args.append(self._channels)
-        for op, _ in batch:
-            args += op
+        args = self._ops_args(acct, [op for op, _ in batch])
         reclaims = acct.reclaims
         try:
             results = await self._call(self._ops_lua, acct.keys, args)
@@ -493,12 +492,17 @@ class RedisLimiter(Limiter):
         pending = list(acct.pending)
         if not pending:
             return
-        args: list[str | int] = [self._limit(acct), self._ttl_ms, self._ticket_ttl_ms]
-        args.append(self._channels)
-        for lease_id in pending:
-            args += ("r", lease_id, "", 0, 0)
+        args = self._ops_args(acct, [("r", lease_id, "", 0, 0) for lease_id in pending])
         await self._call(self._ops_lua, acct.keys, args)
         acct.pending.difference_update(pending)
+
+    def _ops_args(self, acct: _Account, ops: list[_Op]) -> list[str | int]:
+        """ARGV of redis_ops.lua: the account's settings, then five per op."""
+        args: list[str | int] = [self._limit(acct), self._ttl_ms, self._ticket_ttl_ms]
+        args.append(self._channels)
+        for op in ops:
+            args += op
+        return args
 
     # -- pools and the adaptive limit -------------------------------------------------------
 
