@@ -95,6 +95,12 @@ class UsageStore(ABC):
 
     def known_spent(self, tenant: str) -> float | None:
         """The same, when it needs no I/O (the budget check's fast path); else None."""
+        total = self._known_spent(tenant)
+        if total is not None:
+            self.last_seen[tenant] = total
+        return total
+
+    def _known_spent(self, tenant: str) -> float | None:
         return None
 
     @abstractmethod
@@ -124,9 +130,9 @@ class MemoryUsageStore(UsageStore):
         return row.get("total|usd", 0.0)
 
     async def _spent(self, tenant: str) -> float:
-        return self.known_spent(tenant)
+        return self._known_spent(tenant)
 
-    def known_spent(self, tenant: str) -> float:
+    def _known_spent(self, tenant: str) -> float:
         return self._data.get((month(), tenant), {}).get("total|usd", 0.0)
 
     async def by_model(self, tenant: str) -> dict[str, dict[str, float]]:
@@ -199,7 +205,7 @@ class RedisUsageStore(UsageStore):
             self._start_flusher()
         return self._total(key)
 
-    def known_spent(self, tenant: str) -> float | None:
+    def _known_spent(self, tenant: str) -> float | None:
         key = self._key(tenant)
         return self._total(key) if key in self._totals else None
 

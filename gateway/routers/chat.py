@@ -153,9 +153,7 @@ async def check_budget(runtime: Runtime, tenant: Tenant) -> None:
     budget = tenant.monthly_budget_usd
     store = runtime.usage
     spent = store.known_spent(tenant.name)  # usually; the first read of a month goes to Redis
-    if spent is not None:
-        store.last_seen[tenant.name] = spent  # the month-spend gauge follows other replicas'
-    else:
+    if spent is None:
         try:
             async with asyncio.timeout(BUDGET_READ_TIMEOUT_S):
                 spent = await store.spent(tenant.name)
