@@ -62,11 +62,16 @@ class AccessLog:
         self._lines: list[str] = []
         self._second = -1
         self._stamp = ""
-        self._pid = -1
         self._prefix = ""
+        self._new_process()
+        os.register_at_fork(after_in_child=self._new_process)  # a forked worker: its own pid
         self._lock = threading.Lock()  # other threads' log records flush too (`_Handler`)
         self._timer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is due
         atexit.register(self.flush)
+
+    def _new_process(self) -> None:
+        self._prefix = f" INFO [{os.getpid()}] {ACCESS_LOGGER}: "
+        self._lines = []  # a forked child does not write its parent's lines again
 
     def _direct(self) -> logging.StreamHandler | None:  # type: ignore[type-arg]
         """The handler to write through when `setup()` configured logging and nobody changed
@@ -90,9 +95,6 @@ class AccessLog:
             self.flush()
             self.logger.info("%s", message)
             return
-        pid = os.getpid()  # a worker forked after import writes its own
-        if pid != self._pid:
-            self._pid, self._prefix = pid, f" INFO [{pid}] {ACCESS_LOGGER}: "
         now = time.time()
         second = int(now)
         if second != self._second:
