@@ -100,7 +100,7 @@ class _StreamWatch:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        self._handle = self._loop.call_later(self._period, self._check, task)
+        self._handle = self._loop.call_later(self._period, self._check)
 
     def cut(self) -> None:
         """End the stream now, with an error event: the gateway is going away."""
@@ -109,7 +109,7 @@ class _StreamWatch:
             self._handle.cancel()
             self._task.cancel()
 
-    def _check(self, task: asyncio.Task[Any]) -> None:
+    def _check(self) -> None:
         received, begun = self.received, self.begun
         if begun != self.ended:
             self._quiet = 0
@@ -122,10 +122,10 @@ class _StreamWatch:
             if self._quiet >= self._silence:
                 self.fired = self.UPSTREAM
         if self.fired:
-            task.cancel()
+            self._task.cancel()
             return
         self._last = (received, begun)
-        self._handle = self._loop.call_later(self._period, self._check, task)
+        self._handle = self._loop.call_later(self._period, self._check)
 
     def close(self) -> None:
         self._handle.cancel()
@@ -336,9 +336,6 @@ class Proxy:
             else:
                 out.reason = "upstream_timeout"
                 ending = error_event("W&B stopped sending mid-stream (upstream.read_timeout_s).")
-        except TimeoutError:  # no longer raised mid-stream by aiohttp; kept for safety
-            out.reason = "upstream_timeout"
-            ending = error_event("W&B stopped sending mid-stream (upstream.read_timeout_s).")
         except aiohttp.ClientError:
             out.reason = "stream_cut"
             ending = error_event("W&B cut the stream before it was complete.")
