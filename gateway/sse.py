@@ -60,26 +60,27 @@ class StreamMeter:
             if usage and data.count(b'"usage":null') != usage:
                 found = _USAGE_OBJECT.search(data)
             if found is None:
-                out.append(self._whole(data, usage))
+                out.append(self._whole(data, usage > 0))
                 break
             start = data.rfind(b"\n\n", 0, found.start())
             start = 0 if start < 0 else start + 2
             stop = data.find(b"\n\n", found.end())  # found: `data` ends with a blank line
             if start:
-                out.append(self._whole(data[:start], 1))
+                out.append(self._whole(data[:start], True))
             kept = self._event(data[start:stop])
             if kept is not None:
                 out.append(kept + b"\n\n")
             data = data[stop + 2 :]
         return b"".join(out)
 
-    def _whole(self, chunk: bytes, usage: int) -> bytes:
+    def _whole(self, chunk: bytes, named_usage: bool) -> bytes:
         """The common case, whole events without a usage object: a few scans in C (byte
-        counts, not regular expressions, for the compact JSON upstream sends), no split."""
+        counts, not regular expressions, for the compact JSON upstream sends), no split.
+        `named_usage`: the chunk may hold a `"usage"` key (a `null` to strip)."""
         self.content_chunks += _text_deltas(chunk)
         if chunk.startswith(_DONE) or _LINE_DONE in chunk:  # a raw newline: never in a string
             self.done = True
-        if self.strip_usage and usage:
+        if self.strip_usage and named_usage:
             return _strip_usage_nulls(chunk)
         return chunk
 

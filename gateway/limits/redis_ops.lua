@@ -1,5 +1,5 @@
--- ops: acquires and releases of one account, in the order given, in one call. The limiter
--- sends together whatever requests asked for while its previous call was in flight.
+-- ops: acquires, releases and limit changes of one account, in the order given, in one call.
+-- The limiter sends together whatever requests asked for while all its calls were in flight.
 -- ARGV: account limit, lease ttl ms, ticket ttl ms, channel, then five per op:
 --   'a', id, tenant, tenant limit, weight  acquire: a lease at once if the tenant has no one
 --       queued and both pools have room (1), else a ticket at the back of the tenant's queue
