@@ -13,12 +13,14 @@ from gateway.config import Settings, Tenant
 from gateway.errors import AuthenticationError, GatewayError, PermissionDenied
 from gateway.keys import hash_key
 from gateway.metrics import UNKNOWN_TENANT
+from gateway.record import RequestRecord
 from gateway.responses import send_error
 
 PUBLIC_PATHS = {
     "/healthz": "liveness probe: must answer without credentials",
     "/readyz": "readiness probe: must answer without credentials",
     "/metrics": "Prometheus scrapes without credentials; labels hold no keys",
+    "/openapi.json": "the API's shape, the same for everyone; holds no tenant's data",
 }
 
 
@@ -68,7 +70,9 @@ def authenticate(settings: Settings, scope: Scope) -> Tenant:
 
 
 class AuthMiddleware:
-    """Puts the caller's tenant in `scope["state"]["tenant"]`, or answers 401."""
+    """Says who calls in the request's record, or answers 401/403 itself. A refusal counts in
+    `gateway_requests_total` and `gateway_errors_total` (tenant and model `-`), whatever the
+    path, so that an error ratio divides matching sets."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -78,19 +82,18 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         runtime = scope["app"].state.runtime
+        settings = runtime.settings  # one snapshot per request, even across a reload
+        record: RequestRecord = scope["state"]["record"]
         try:
             if scope["path"].startswith(ADMIN_PREFIX):
-                authenticate_admin(runtime.settings, scope)
-                await self.app(scope, receive, send)
-                return
-            tenant = authenticate(runtime.settings, scope)
+                authenticate_admin(settings, scope)
+            else:
+                record.authenticated(authenticate(settings, scope), settings)
         except GatewayError as exc:
-            state = scope.setdefault("state", {})
-            state["error_reason"] = exc.reason
-            runtime.metrics.errors.labels(UNKNOWN_TENANT, "-", exc.reason).inc()
+            record.refused(exc)
+            metrics = runtime.metrics
+            metrics.child(metrics.requests, UNKNOWN_TENANT, "-", str(exc.status)).inc()
+            metrics.child(metrics.errors, UNKNOWN_TENANT, "-", exc.reason).inc()
             await send_error(send, exc)
             return
-        state = scope.setdefault("state", {})
-        state["tenant"] = tenant
-        state["settings"] = runtime.settings  # one snapshot per request, even across a reload
         await self.app(scope, receive, send)

@@ -16,8 +16,8 @@ import aiohttp
 import orjson
 
 from gateway.config import Account, Settings, Tenant
-from gateway.errors import GatewayError, ModelNotFound, UpstreamConnectError, UpstreamTimeout
-from gateway.upstream import Retryable, UpstreamClient, classify
+from gateway.errors import GatewayError, ModelNotFound, UpstreamConnectError
+from gateway.upstream import UpstreamClient, classify, wire_failure
 
 logger = logging.getLogger(__name__)
 
@@ -69,20 +69,14 @@ class Catalog:
             ) as resp:
                 body = await resp.read()
                 status = resp.status
-        except TimeoutError as exc:
-            raise UpstreamTimeout("W&B did not answer the model list in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectError(
-                f"cannot reach W&B for the model list ({type(exc).__name__})"
-            ) from exc
-        if status != 200:
-            try:
-                error = classify(status, body, account, project)
-            except Retryable as retry:
-                error = retry.final
-            raise error or UpstreamConnectError(f"W&B answered the model list with {status}")
-        data = orjson.loads(body).get("data", [])
-        return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        except (TimeoutError, aiohttp.ClientError) as exc:  # not retried: the cache covers it
+            verdict = wire_failure(exc, "model list", self._client.settings.read_timeout_s)
+        else:
+            if status == 200:
+                data = orjson.loads(body).get("data", [])
+                return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+            verdict = classify(status, body, account, project)
+        raise verdict.error or UpstreamConnectError(f"W&B answered the model list with {status}")
 
     async def list_for(self, tenant: Tenant) -> list[dict[str, Any]]:
         """Upstream's models narrowed to the tenant's allow-list, plus the aliases of those."""
@@ -101,14 +95,8 @@ class Catalog:
         for model in await self.list_for(tenant):
             if model["id"] == name:
                 return model
-        raise model_not_found(name)
+        raise ModelNotFound(name)
 
     @staticmethod
     def allowed(tenant: Tenant, model: str) -> bool:
         return tenant.models is None or model in tenant.models
-
-
-def model_not_found(name: str) -> ModelNotFound:
-    return ModelNotFound(
-        f"The model `{name}` does not exist or you do not have access to it.", param="model"
-    )

@@ -1,23 +1,55 @@
-"""One error tree, one envelope.
+"""One error tree, rendered in one place.
 
-Everything the gateway refuses is a `GatewayError` subclass, rendered once as OpenAI's
-`{"error": {"message", "type", "param", "code"}}`, with the status and headers SDKs act on
-(`Retry-After`, `retry-after-ms`, `x-should-retry`). Messages never carry a key.
+Everything the gateway refuses or fails at is a `GatewayError`. Each class fixes the status,
+OpenAI's `type` and `code`, and a bounded `reason` for metrics and the access log; an instance
+adds the message, the `param` at fault and the headers SDKs act on (`Retry-After`,
+`retry-after-ms`, `x-should-retry`). Messages never carry a key.
+
+    GatewayError                  500 server_error        internal   a bug (`internal_error`)
+    ├── RequestRefused            4xx invalid_request_error bad_request  the framework's own 4xx
+    ├── BadRequest                400 invalid_request_error bad_request  the body, a field
+    │   └── PayloadTooLarge       413 payload_too_large
+    ├── NotFound                  404 invalid_request_error bad_request  unknown path
+    │   └── ModelNotFound         404 model_not_found
+    ├── MethodNotAllowed          405 invalid_request_error bad_request
+    ├── AuthenticationError       401 invalid_api_key     auth       no key, unknown key
+    ├── PermissionDenied          403 permission_error    auth       admin route, project, price
+    ├── QueueTimeout              429 rate_limit_exceeded queue_timeout  no slot in time
+    ├── InsufficientQuota         429 insufficient_quota  upstream_quota  W&B credits gone
+    │   └── BudgetExceeded        429 insufficient_quota  budget_exceeded the tenant's budget
+    ├── UpstreamConcurrency       429 rate_limit_exceeded upstream_concurrency  W&B's 429
+    ├── Unavailable               503 unavailable         unavailable  draining, Redis down
+    └── UpstreamError             502 upstream_error      upstream_5xx  W&B failed
+        ├── UpstreamAuthError     502 upstream_auth_error upstream_auth  W&B refused our key
+        ├── UpstreamOverloaded    503 upstream_overloaded upstream_5xx
+        ├── UpstreamConnectError  502 upstream_unreachable upstream_connect
+        ├── UpstreamTimeout       504 upstream_timeout    upstream_timeout
+        └── StreamInterrupted     (200 sent) stream_interrupted stream_cut  cut mid-stream
+            ├── StreamStalled     (200 sent) stream_interrupted upstream_timeout
+            └── StreamShutDown    (200 sent) shutting_down  shutting_down
+
+Two renderings, and every path goes through them: `render(error)` before a response started
+(status, headers and the JSON envelope `{"error": {"message", "type", "param", "code"}}`), and
+`sse_event(error)` once a stream is under way (a `data:` event with the same envelope).
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import orjson
 
+RawHeaders = list[tuple[bytes, bytes]]
+
+NO_RETRY = {"x-should-retry": "false"}
+
 
 class GatewayError(Exception):
-    status = 500
-    type = "server_error"
+    status: int = 500
+    type: ClassVar[str] = "server_error"
     code: str | None = None
-    # Gateway-internal cause, used for metrics; bounded set of strings.
-    reason = "internal"
+    reason: ClassVar[str] = "internal"  # bounded: a metric label
 
     def __init__(
         self,
@@ -35,13 +67,30 @@ class GatewayError(Exception):
         self.headers = dict(headers or {})
 
     def body(self) -> bytes:
-        return error_body(self.message, self.type, self.param, self.code)
+        return envelope(self.message, self.type, self.param, self.code)
 
 
-def error_body(message: str, type_: str, param: str | None, code: str | None) -> bytes:
+def envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+    """OpenAI's error body."""
     return orjson.dumps(
         {"error": {"message": message, "type": type_, "param": param, "code": code}}
     )
+
+
+def render(error: GatewayError) -> tuple[int, RawHeaders, bytes]:
+    """The whole response for an error: status, headers, body."""
+    body = error.body()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        *((k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()),
+    ]
+    return error.status, headers, body
+
+
+def sse_event(error: GatewayError) -> bytes:
+    """The error as the last event of a stream whose 200 is already sent."""
+    return b"data: " + error.body() + b"\n\n"
 
 
 def retry_headers(seconds: float) -> dict[str, str]:
@@ -52,7 +101,21 @@ def retry_headers(seconds: float) -> dict[str, str]:
     }
 
 
-NO_RETRY = {"x-should-retry": "false"}
+def internal_error(request_id: str) -> GatewayError:
+    """A bug's answer: the request id to quote, never the traceback."""
+    return GatewayError(f"The gateway had an internal error (request id {request_id}).")
+
+
+class RequestRefused(GatewayError):
+    """A 4xx decided elsewhere (the framework's router, or W&B about the request itself): the
+    status is the instance's, the type always the client's fault."""
+
+    type = "invalid_request_error"
+    reason = "bad_request"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class BadRequest(GatewayError):
@@ -74,6 +137,11 @@ class NotFound(GatewayError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model `{model}` does not exist or you do not have access to it.", param="model"
+        )
 
 
 class MethodNotAllowed(GatewayError):
@@ -102,7 +170,10 @@ class QueueTimeout(GatewayError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
     reason = "queue_timeout"
-    waited_s = 0.0
+
+    def __init__(self, message: str, *, waited_s: float, retry_after_s: float) -> None:
+        super().__init__(message, headers=retry_headers(retry_after_s))
+        self.waited_s = waited_s
 
 
 class InsufficientQuota(GatewayError):
@@ -113,19 +184,31 @@ class InsufficientQuota(GatewayError):
     code = "insufficient_quota"
     reason = "upstream_quota"
 
-    def __init__(self, message: str, **kw: object) -> None:
-        super().__init__(message, headers=dict(NO_RETRY), **kw)  # type: ignore[arg-type]
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers=NO_RETRY)
 
 
 class BudgetExceeded(InsufficientQuota):
     reason = "budget_exceeded"
 
 
+class UpstreamConcurrency(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    reason = "upstream_concurrency"
+
+
+class Unavailable(GatewayError):
+    status = 503
+    code = "unavailable"
+    reason = "unavailable"
+
+
 class UpstreamError(GatewayError):
     """Upstream failed in a way that is not the caller's fault."""
 
     status = 502
-    type = "server_error"
     code = "upstream_error"
     reason = "upstream_5xx"
 
@@ -142,13 +225,6 @@ class UpstreamOverloaded(UpstreamError):
     code = "upstream_overloaded"
 
 
-class UpstreamConcurrency(GatewayError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
-    reason = "upstream_concurrency"
-
-
 class UpstreamConnectError(UpstreamError):
     code = "upstream_unreachable"
     reason = "upstream_connect"
@@ -160,7 +236,21 @@ class UpstreamTimeout(UpstreamError):
     reason = "upstream_timeout"
 
 
-class Unavailable(GatewayError):
-    status = 503
-    code = "unavailable"
-    reason = "unavailable"
+class StreamInterrupted(UpstreamError):
+    """A stream that had started ended early: only ever an SSE event, its 200 is sent."""
+
+    code = "stream_interrupted"
+    reason = "stream_cut"
+
+
+class StreamStalled(StreamInterrupted):
+    """W&B went silent mid-stream for upstream.read_timeout_s."""
+
+    reason = "upstream_timeout"
+
+
+class StreamShutDown(StreamInterrupted):
+    """The shutdown grace ended with the stream still running."""
+
+    code = "shutting_down"
+    reason = "shutting_down"

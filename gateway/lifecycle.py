@@ -9,10 +9,11 @@ limiter slots are released as each request ends. A second SIGTERM, or SIGINT, ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import FrameType
 
 import uvicorn
@@ -123,9 +124,26 @@ async def watch_config(runtime: Runtime, poll_s: float, wake: asyncio.Event) -> 
             seen = _stamp(runtime.settings.files)
 
 
-def install_sighup(wake: asyncio.Event) -> bool:
+@contextlib.asynccontextmanager
+async def reloading(runtime: Runtime) -> AsyncIterator[None]:
+    """While the app runs: reload on SIGHUP, and on file changes when it has config files.
+    The signal handler and the watcher go away with the app."""
+    wake = asyncio.Event()
+    loop = asyncio.get_running_loop()
     try:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, wake.set)
+        loop.add_signal_handler(signal.SIGHUP, wake.set)
+        handled = True
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals
-        return False
-    return True
+        handled = False
+    watcher = None
+    if runtime.settings.files:
+        poll_s = runtime.settings.server.reload_poll_s
+        watcher = asyncio.create_task(watch_config(runtime, poll_s, wake), name="config-watch")
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        if handled:
+            loop.remove_signal_handler(signal.SIGHUP)

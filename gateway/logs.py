@@ -1,5 +1,7 @@
 """How log lines look: one format for every process, workers included (they are spawned fresh
-and configure themselves through `setup()` from the app factory).
+and configure themselves through `setup()` from the app factory). Nothing happens at import:
+`setup()` is called by the command line (or the worker factory), and the app opens its
+`AccessLog` in its lifespan and closes (flushes) it there.
 
 The access log writes one line per request, so it skips the logging module's machinery on the
 hot path (a record, a formatter, a write and a flush per line: 9% of a plain request's CPU,
@@ -12,13 +14,14 @@ someone else (an embedding app, a test harness), access lines go through `loggin
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import logging
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import TextIO
 
 LEVEL_ENV = "GATEWAY_LOG_LEVEL"
 FORMAT = "%(asctime)s %(levelname)s [{pid}] %(name)s: %(message)s"
@@ -28,21 +31,20 @@ ACCESS_LOGGER = "gateway.access"
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler `setup()` installs: other records flush pending access lines first."""
 
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.before_emit: list[Callable[[], None]] = []  # the open access logs' flushes
+
     def emit(self, record: logging.LogRecord) -> None:
-        access.flush()
+        for flush in self.before_emit:
+            flush()
         super().emit(record)
 
 
 def setup(level: str | None = None) -> None:
+    """The root handler and level, once per process (`serve` passes the level on to workers
+    in $GATEWAY_LOG_LEVEL)."""
     level = (level or os.environ.get(LEVEL_ENV) or "info").upper()
-    os.environ[LEVEL_ENV] = level  # inherited by worker processes
-    # Skip what no line shows: the caller's frame, thread and process lookups (the pid is
-    # written into the format instead; each worker calls this itself). See "Optimization" in
-    # the logging HOWTO.
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
     root = logging.getLogger()
     if not root.handlers:
         handler = _Handler(sys.stderr)
@@ -62,16 +64,27 @@ class AccessLog:
         self._lines: list[str] = []
         self._second = -1
         self._stamp = ""
-        self._prefix = ""
-        self._new_process()
-        os.register_at_fork(after_in_child=self._new_process)  # a forked worker: its own pid
+        self._prefix = f" INFO [{os.getpid()}] {ACCESS_LOGGER}: "
         self._lock = threading.Lock()  # other threads' log records flush too (`_Handler`)
         self._timer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is due
-        atexit.register(self.flush)
+        self._handler: _Handler | None = None
 
-    def _new_process(self) -> None:
-        self._prefix = f" INFO [{os.getpid()}] {ACCESS_LOGGER}: "
-        self._lines = []  # a forked child does not write its parent's lines again
+    def open(self) -> None:
+        """From the app's lifespan: other log records flush pending lines first."""
+        root = logging.getLogger()
+        for handler in root.handlers:
+            if isinstance(handler, _Handler):
+                handler.before_emit.append(self.flush)
+                self._handler = handler
+                break
+
+    def close(self) -> None:
+        """From the app's lifespan: write what is pending; nothing is held after this."""
+        if self._handler is not None:
+            with contextlib.suppress(ValueError):
+                self._handler.before_emit.remove(self.flush)
+            self._handler = None
+        self.flush()
 
     def _direct(self) -> logging.StreamHandler | None:  # type: ignore[type-arg]
         """The handler to write through when `setup()` configured logging and nobody changed
@@ -133,6 +146,3 @@ class AccessLog:
                 handler.stream.flush()
             except (OSError, ValueError):  # a closed stderr must not break requests
                 pass
-
-
-access = AccessLog()

@@ -1,7 +1,9 @@
-"""Request identity and the access log, as pure ASGI (no buffering, streaming untouched).
+"""Request identity, draining and the access log, as pure ASGI (no buffering, streaming
+untouched): the outermost layer of the one middleware chain (see `app.py`).
 
 Every response carries `x-request-id`: the client's when it sent a sane one, else a new one. The
-same id goes upstream and into the one access-log line written per request.
+same id goes upstream and into the one access-log line written per request, from the request's
+`RequestRecord`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import Unavailable
 from gateway.lifecycle import PROBE_PATHS
-from gateway.logs import access
+from gateway.logs import AccessLog
+from gateway.record import RequestRecord
 from gateway.responses import send_error
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
@@ -37,55 +40,47 @@ def _path(scope: Scope) -> str:
     return path[:200]
 
 
+def _draining() -> Unavailable:
+    return Unavailable(
+        "The gateway is shutting down; retry, another replica will answer.",
+        headers={"retry-after": "1", "connection": "close"},
+    )
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, access: AccessLog | None) -> None:
         self.app = app
-        self.log = log
+        self.access = access  # None: no access log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        request_id = request_id_from(scope)
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        rid_header = (b"x-request-id", request_id.encode())
-        status = 0
+        record = RequestRecord(request_id_from(scope))
+        scope.setdefault("state", {})["record"] = record
+        rid_header = (b"x-request-id", record.request_id.encode())
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                record.status = message["status"]
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
         lifecycle = scope["app"].state.lifecycle
         counted = scope["path"] not in PROBE_PATHS
         if counted and lifecycle.draining:
-            await send_error(
-                send_with_id,
-                Unavailable(
-                    "The gateway is shutting down; retry, another replica will answer.",
-                    headers={"retry-after": "1", "connection": "close"},
-                ),
-            )
-            state["error_reason"] = "shutting_down"
+            record.reason = "shutting_down"
+            await send_error(send_with_id, _draining())
             counted = False
         elif counted:
             lifecycle.enter()
         try:
-            if status == 0:
+            if record.status == 0:
                 await self.app(scope, receive, send_with_id)
         finally:
             if counted:
                 lifecycle.leave()
-            if self.log:
-                tenant = state.get("tenant")
-                access.write(
-                    f"{request_id} {scope['method']} {_path(scope)} {status} "
-                    f"{(time.perf_counter() - start) * 1000:.1f}ms "
-                    f"tenant={tenant.name if tenant else '-'} model={state.get('model', '-')} "
-                    f"queue_ms={state.get('queue_ms', '-')} attempts={state.get('attempts', '-')} "
-                    f"reason={state.get('error_reason') or '-'}"
-                )
+            if self.access is not None:
+                elapsed_ms = (time.perf_counter() - start) * 1000
+                self.access.write(record.line(scope["method"], _path(scope), elapsed_ms))

@@ -1,9 +1,11 @@
 """Forwarding one chat completion: slot, attempts with backoff, relay, and what happened.
 
-The body goes upstream as the client sent it (only `model` may have been rewritten by the
-caller of this module). Retries happen only while no byte has reached the client: a streamed
-response is committed when its first upstream chunk arrives, not before. After that, a failure
-ends the stream with an SSE error event rather than silence.
+`Proxy.chat(call, client)` runs the whole exchange and returns its `Result`; it writes to the
+client only through the `Responder`. The body goes upstream as the `Call` has it. Retries happen
+only while no byte has reached the client: a streamed response is committed when its first
+upstream chunk arrives, not before. After that, a failure ends the stream with an SSE error
+event rather than silence. What each upstream answer or wire failure means is decided in
+`gateway.upstream` (`classify`, `wire_failure`): this module only acts on the verdict.
 """
 
 from __future__ import annotations
@@ -13,26 +15,36 @@ import logging
 import math
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import orjson
-from starlette.types import Send
 from yarl import URL
 
-from gateway.config import Account, Tenant
 from gateway.errors import (
-    UpstreamConnectError,
+    GatewayError,
+    QueueTimeout,
+    RequestRefused,
+    StreamInterrupted,
+    StreamShutDown,
+    StreamStalled,
     UpstreamError,
-    UpstreamTimeout,
-    error_body,
+    sse_event,
 )
+from gateway.exchange import CLIENT_CLOSED, Call, Result
 from gateway.limits import Limiter
 from gateway.metrics import Metrics
-from gateway.sse import StreamMeter, error_event
-from gateway.upstream import Retryable, UpstreamClient, classify, response_headers
-from gateway.usage import Usage
+from gateway.responses import ClientGone, Responder
+from gateway.sse import StreamMeter
+from gateway.upstream import (
+    UpstreamClient,
+    Verdict,
+    classify,
+    response_headers,
+    wire_failure,
+)
+from gateway.usage import Usage, estimate_prompt_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +53,15 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+JSON_HEADER = (b"content-type", b"application/json")
+# Caught around every upstream call; what each means is `wire_failure`'s to say.
+WIRE_ERRORS = (TimeoutError, aiohttp.ClientError)
 
 
 # A client that stops reading a stream without disconnecting (a suspended process, a stream
 # left unclosed) would hold its slot for ever: past upstream's own silence limit plus this, it
 # is treated as gone.
 CLIENT_STALL_MARGIN_S = 5.0
-
-
-class ClientStalled(Exception):
-    """The client stopped reading the stream: the same as gone."""
 
 
 class _StreamWatch:
@@ -131,40 +142,48 @@ class _StreamWatch:
         self._handle.cancel()
 
 
-@dataclass
-class Call:
-    """One chat completion request, authenticated and parsed."""
+@dataclass(slots=True)
+class _Run:
+    """One exchange as it goes, written only by the Proxy methods running it; `result()` turns
+    it into the frozen `Result`."""
 
-    request_id: str
-    tenant: Tenant
-    account: Account
-    model: str  # the resolved upstream id
-    label: str  # the model as a bounded metric label
-    stream: bool
-    body: bytes
-    headers: dict[str, str]  # for upstream, credentials already swapped
-    deadline: float  # monotonic time after which neither queueing nor retrying goes on
-    start: float = 0.0  # monotonic time the request arrived
-    strip_usage: bool = False  # the gateway asked upstream for stream usage, the client did not
-    messages: Any = None  # the request's messages, to estimate the prompt of a cut stream
-
-
-@dataclass
-class Outcome:
-    """What happened, for the access log and metrics."""
-
-    status: int = 0
-    reason: str | None = None  # a bounded error cause (see metrics), None when all went well
-    attempts: int = 0
     queue_s: float = 0.0
-    committed: bool = False  # response headers sent: no more retries, no error status
-    # The last byte was handed to the server. After that, `receive()` says `http.disconnect`
-    # as a matter of course: it must not count as the client leaving.
-    complete: bool = False
+    attempts: int = 0
     retries: list[str] = field(default_factory=list)
+    reason: str | None = None
     usage: Usage | None = None  # upstream's usage block, when one came
     meter: StreamMeter | None = None  # what a stream relayed, for a stream cut short
-    first_byte_s: float | None = None  # seconds from arrival to the first streamed byte
+    first_byte_s: float | None = None
+
+    def result(self, call: Call, client: Responder, gone: bool) -> Result:
+        return Result(
+            status=CLIENT_CLOSED if gone else client.status,
+            reason=self.reason,
+            elapsed_s=time.monotonic() - call.start,
+            queue_s=self.queue_s,
+            attempts=self.attempts,
+            retries=tuple(self.retries),
+            usage=self._final_usage(call),
+            first_byte_s=self.first_byte_s,
+            sent=client.started,
+        )
+
+    def _final_usage(self, call: Call) -> Usage | None:
+        """Upstream's usage block is the truth. A stream that ended before it (client gone,
+        upstream cut) still used tokens that W&B bills: one token per relayed content chunk
+        (W&B streams a token a chunk) and about four prompt characters a token, marked
+        estimated."""
+        if self.usage is not None:
+            return self.usage
+        meter = self.meter
+        if meter is None:
+            return None
+        if meter.usage is not None:  # cut between reading and recording it
+            return Usage(meter.usage["prompt_tokens"], meter.usage["completion_tokens"])
+        if meter.content_chunks:
+            prompt = estimate_prompt_tokens(call.messages)
+            return Usage(prompt, meter.content_chunks, estimated=True)
+        return None
 
 
 class Proxy:
@@ -174,7 +193,7 @@ class Proxy:
         self._metrics = metrics
         self._url = URL(client.url("/chat/completions"))  # parsed once, not per request
         self._streams: set[_StreamWatch] = set()  # being relayed, for cut_streams()
-        s = client.settings
+        s = self._settings = client.settings
         # Streams read without aiohttp's `sock_read` timer, re-armed on every chunk: the wait
         # for the answer and its first chunk is timed here, the rest by `_StreamWatch`.
         self._stream_timeout = aiohttp.ClientTimeout(
@@ -189,233 +208,208 @@ class Proxy:
             watch.cut()
         return len(streams)
 
-    async def chat(self, call: Call, send: Send, out: Outcome) -> None:
-        """Hold a slot for the whole exchange; raise GatewayError if nothing was sent yet."""
+    async def chat(self, call: Call, client: Responder) -> Result:
+        """The whole exchange: a slot for all of it, attempts, the relay, and the error the
+        client gets if it fails before its response started."""
+        run = _Run()
+        gone = False
+        try:
+            await client.until_disconnect(self._exchange(call, client, run))
+        except GatewayError as exc:
+            run.reason = exc.reason
+            if isinstance(exc, QueueTimeout):
+                run.queue_s = client.queue_s = exc.waited_s
+            await client.error(exc)
+        except ClientGone:
+            run.reason = "client_disconnect"
+            gone = True
+        return run.result(call, client, gone)
+
+    async def _exchange(self, call: Call, client: Responder, run: _Run) -> None:
         timeout = max(call.deadline - time.monotonic(), 0.001)
         lease = await self._limiter.acquire(call.account, call.tenant, timeout)
-        out.queue_s = lease.queue_s
+        run.queue_s = client.queue_s = lease.queue_s
         try:
-            await self._attempts(call, send, out)
+            await self._attempts(call, client, run)
         finally:
             await lease.release()
 
-    async def _attempts(self, call: Call, send: Send, out: Outcome) -> None:
-        settings = self._client.settings
+    async def _attempts(self, call: Call, client: Responder, run: _Run) -> None:
+        """Attempt until one is relayed; raise the last verdict's error when none is left."""
+        settings = self._settings
         while True:
-            out.attempts += 1
-            try:
-                await self._attempt(call, send, out)
+            run.attempts += 1
+            verdict = await self._attempt(call, client, run)
+            if verdict is None:
                 return
-            except Retryable as retry:
-                if retry.label == "upstream_concurrency":
-                    # Someone outside the gateway uses this key: stop pushing into a limit we
-                    # cannot see (the account's effective limit backs off, then recovers).
-                    self._limiter.upstream_saturated(call.account.name)
-                if out.attempts > settings.retries:
-                    raise retry.final from None
-                delay = _backoff(out.attempts, settings.backoff_base_s, settings.backoff_max_s)
-                if time.monotonic() + delay > call.deadline:
-                    raise retry.final from None
-                out.retries.append(retry.label)
-                self._metrics.retries.labels(call.label, retry.label).inc()
-                logger.info(
-                    "request %s: upstream attempt %d failed (%s), retrying in %.2fs",
-                    call.request_id,
-                    out.attempts,
-                    retry.label,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+            error = verdict.error
+            assert error is not None  # a passed-through answer was relayed: verdict None
+            if verdict.retry is None:
+                raise error
+            if verdict.retry == "upstream_concurrency":
+                # Someone outside the gateway uses this key: stop pushing into a limit we
+                # cannot see (the account's effective limit backs off, then recovers).
+                self._limiter.upstream_saturated(call.account.name)
+            if run.attempts > settings.retries:
+                raise error
+            delay = _backoff(run.attempts, settings.backoff_base_s, settings.backoff_max_s)
+            if time.monotonic() + delay > call.deadline:
+                raise error
+            run.retries.append(verdict.retry)
+            self._metrics.retries.labels(call.label, verdict.retry).inc()
+            logger.info(
+                "request %s: upstream attempt %d failed (%s), retrying in %.2fs",
+                call.request_id,
+                run.attempts,
+                verdict.retry,
+                delay,
+            )
+            await asyncio.sleep(delay)
 
-    async def _attempt(self, call: Call, send: Send, out: Outcome) -> None:
-        upstream_status = "error"
+    async def _attempt(self, call: Call, client: Responder, run: _Run) -> Verdict | None:
+        """One attempt: None once the client has its answer, else what went wrong."""
+        m = self._metrics
+        read_timeout = self._settings.read_timeout_s
         post = self._client.session.post
-        url, body, headers = self._url, call.body, call.headers
         try:
             if call.stream:
-                async with asyncio.timeout(self._client.settings.read_timeout_s):
-                    resp = await post(url, data=body, headers=headers, timeout=self._stream_timeout)
+                async with asyncio.timeout(read_timeout):
+                    resp = await post(
+                        self._url,
+                        data=call.body,
+                        headers=call.headers,
+                        timeout=self._stream_timeout,
+                    )
             else:
-                resp = await post(url, data=body, headers=headers)
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise _connect_error(exc) from None
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"W&B sent no response within upstream.read_timeout_s "
-                f"({self._client.settings.read_timeout_s:g}s)"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise _connect_error(exc) from None
-        else:
-            upstream_status = str(resp.status)
-        finally:
-            m = self._metrics
-            m.child(m.upstream_requests, call.account.name, call.label, upstream_status).inc()
-
+                resp = await post(self._url, data=call.body, headers=call.headers)
+        except WIRE_ERRORS as exc:
+            m.child(m.upstream_requests, call.account.name, call.label, "error").inc()
+            return wire_failure(exc, "response", read_timeout)
+        m.child(m.upstream_requests, call.account.name, call.label, str(resp.status)).inc()
         clean = False
         try:
             if resp.status == 200:
                 if call.stream:
-                    await self._relay_stream(resp, call, send, out)
+                    relayed = await self._relay_stream(resp, call, client, run)
                 else:
-                    await self._relay_body(resp, call, send, out)
-                clean = True
-                return
-            if call.stream:  # no sock_read timer on a stream's session call: bound it here
-                body = await _read_within(resp, self._client.settings.read_timeout_s)
-            else:
-                body = await _read(resp)
+                    relayed = await self._relay_body(resp, client, run)
+                clean = relayed is None
+                return relayed
+            try:  # a stream's session call has no sock_read timer: bound the read here
+                async with asyncio.timeout(read_timeout):
+                    body = await resp.read()
+            except WIRE_ERRORS as exc:
+                return wire_failure(exc, "complete answer", read_timeout)
             clean = True
         finally:
             if clean:
                 resp.release()
             else:
                 resp.close()  # upstream must see the request go away at once
-        error = classify(resp.status, body, call.account, call.tenant.project)
-        if error is not None:
-            raise error
-        await self._pass_error(resp, body, call, send, out)
+        verdict = classify(resp.status, body, call.account, call.tenant.project)
+        if verdict.error is None:
+            await self._pass_error(resp.status, body, client, run)
+            return None
+        return verdict
 
     async def _relay_body(
-        self, resp: aiohttp.ClientResponse, call: Call, send: Send, out: Outcome
-    ) -> None:
-        body = await _read(resp)
-        out.usage = _usage(body)
+        self, resp: aiohttp.ClientResponse, client: Responder, run: _Run
+    ) -> Verdict | None:
+        try:
+            body = await resp.read()
+        except WIRE_ERRORS as exc:
+            return wire_failure(exc, "complete answer", self._settings.read_timeout_s)
+        run.usage = _usage(body)
         headers = response_headers(resp.headers)
-        headers.append((b"content-length", str(len(body)).encode()))
-        await self._start(send, call, out, 200, headers)
-        out.complete = True  # before the send: what follows it is not the client leaving
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        headers.append((b"content-length", b"%d" % len(body)))
+        await client.whole(200, headers, body)
+        return None
 
     async def _relay_stream(
-        self, resp: aiohttp.ClientResponse, call: Call, send: Send, out: Outcome
-    ) -> None:
+        self, resp: aiohttp.ClientResponse, call: Call, client: Responder, run: _Run
+    ) -> Verdict | None:
+        read_timeout = self._settings.read_timeout_s
         chunks = resp.content.iter_any()
         try:
-            async with asyncio.timeout(self._client.settings.read_timeout_s):
+            async with asyncio.timeout(read_timeout):
                 first = await anext(chunks)
         except StopAsyncIteration:
-            cut = UpstreamError("W&B ended the stream before any data")
-            raise Retryable(cut, "upstream_connect") from None
-        except TimeoutError:
-            raise UpstreamTimeout(
-                "W&B sent no stream data within upstream.read_timeout_s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise _connect_error(exc) from None
+            return Verdict(
+                UpstreamError("W&B ended the stream before any data"), "upstream_connect"
+            )
+        except WIRE_ERRORS as exc:
+            return wire_failure(exc, "stream data", read_timeout)
 
-        meter = out.meter = StreamMeter(call.strip_usage)
-        await self._start(send, call, out, 200, SSE_HEADERS)
-        await send({"type": "http.response.body", "body": meter.feed(first), "more_body": True})
-        out.first_byte_s = time.monotonic() - call.start
-        ending = b""
-        watch = _StreamWatch(self._client.settings.read_timeout_s)
+        meter = run.meter = StreamMeter(call.strip_usage)
+        await client.start(200, SSE_HEADERS)
+        await client.chunk(meter.feed(first))
+        run.first_byte_s = time.monotonic() - call.start
+        ending = await self._relay_rest(chunks, meter, client, run)
+        if meter.usage is not None:
+            run.usage = Usage(meter.usage["prompt_tokens"], meter.usage["completion_tokens"])
+        if run.reason:
+            logger.warning("request %s: stream ended early (%s)", call.request_id, run.reason)
+        await client.end(ending)
+        return None
+
+    async def _relay_rest(
+        self, chunks: AsyncIterator[bytes], meter: StreamMeter, client: Responder, run: _Run
+    ) -> bytes:
+        """Relay the stream after its first chunk; return its last bytes (the tail, or the
+        error event that ends it early)."""
+        watch = _StreamWatch(self._settings.read_timeout_s)
         self._streams.add(watch)
+        cut: StreamInterrupted | None = None
         try:
             async for chunk in chunks:
                 watch.received += 1
                 relayed = meter.feed(chunk)
                 if relayed:
                     watch.begun += 1
-                    await send({"type": "http.response.body", "body": relayed, "more_body": True})
+                    await client.chunk(relayed)
                     watch.ended += 1
             ending = meter.flush()
+            if not meter.done:
+                cut = StreamInterrupted("W&B ended the stream before it was complete.")
         except asyncio.CancelledError:
             task = asyncio.current_task()
             assert task is not None
             if watch.fired is None or task.uncancel() > 0:  # not (only) ours: go on unwinding
                 raise
             if watch.fired == watch.CLIENT:
-                raise ClientStalled from None
+                raise ClientGone from None
+            ending = b""
             if watch.fired == watch.SHUTDOWN:
-                out.reason = "shutting_down"
-                ending = error_event(
-                    "The gateway is shutting down and cut this stream; retry the request.",
-                    code="shutting_down",
+                cut = StreamShutDown(
+                    "The gateway is shutting down and cut this stream; retry the request."
                 )
             else:
-                out.reason = "upstream_timeout"
-                ending = error_event("W&B stopped sending mid-stream (upstream.read_timeout_s).")
+                cut = StreamStalled("W&B stopped sending mid-stream (upstream.read_timeout_s).")
         except aiohttp.ClientError:
-            out.reason = "stream_cut"
-            ending = error_event("W&B cut the stream before it was complete.")
-        else:
-            if not meter.done:
-                out.reason = "stream_cut"
-                ending += error_event("W&B ended the stream before it was complete.")
+            ending = b""
+            cut = StreamInterrupted("W&B cut the stream before it was complete.")
         finally:
             watch.close()
             self._streams.discard(watch)
-        if meter.usage is not None:
-            out.usage = Usage(meter.usage["prompt_tokens"], meter.usage["completion_tokens"])
-        if out.reason:
-            logger.warning("request %s: stream ended early (%s)", call.request_id, out.reason)
-        out.complete = True
-        await send({"type": "http.response.body", "body": ending, "more_body": False})
+        if cut is None:
+            return ending
+        run.reason = cut.reason
+        return ending + sse_event(cut)
 
-    async def _pass_error(
-        self, resp: aiohttp.ClientResponse, body: bytes, call: Call, send: Send, out: Outcome
-    ) -> None:
+    @staticmethod
+    async def _pass_error(status: int, body: bytes, client: Responder, run: _Run) -> None:
         """An upstream 4xx about the caller's own request: theirs to see, in OpenAI's shape."""
+        run.reason = "bad_request"
         try:
             data = orjson.loads(body)
             shaped = isinstance(data, dict) and isinstance(data.get("error"), dict)
         except orjson.JSONDecodeError:
             shaped = False
-        if not shaped:
-            text = body[:500].decode("utf-8", "replace") or f"upstream status {resp.status}"
-            body = error_body(text, "invalid_request_error", None, None)
-        out.reason = "bad_request"
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await self._start(send, call, out, resp.status, headers)
-        out.complete = True  # before the send: what follows it is not the client leaving
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-
-    @staticmethod
-    async def _start(
-        send: Send, call: Call, out: Outcome, status: int, headers: list[tuple[bytes, bytes]]
-    ) -> None:
-        out.status = status
-        out.committed = True
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    *headers,
-                    (b"x-gateway-queue-ms", str(round(out.queue_s * 1000)).encode()),
-                ],
-            }
-        )
-
-
-async def _read(resp: aiohttp.ClientResponse) -> bytes:
-    """The whole body, or a retryable error when upstream cut it (nothing reached the client)."""
-    try:
-        return await resp.read()
-    except TimeoutError:
-        raise UpstreamTimeout(
-            "W&B did not finish its answer within upstream.read_timeout_s"
-        ) from None
-    except aiohttp.ClientError as exc:
-        raise _connect_error(exc) from None
-
-
-async def _read_within(resp: aiohttp.ClientResponse, seconds: float) -> bytes:
-    try:
-        async with asyncio.timeout(seconds):
-            return await _read(resp)
-    except TimeoutError:
-        raise UpstreamTimeout(
-            "W&B did not finish its answer within upstream.read_timeout_s"
-        ) from None
-
-
-def _connect_error(exc: Exception) -> Retryable:
-    return Retryable(
-        UpstreamConnectError(f"Cannot reach W&B ({type(exc).__name__}) after retries."),
-        "upstream_connect",
-    )
+        if shaped:
+            await client.whole(status, [JSON_HEADER, (b"content-length", b"%d" % len(body))], body)
+        else:
+            text = body[:500].decode("utf-8", "replace") or f"upstream status {status}"
+            await client.error(RequestRefused(text, status))
 
 
 def _backoff(attempt: int, base: float, cap: float) -> float:

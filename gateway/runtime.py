@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from gateway.accounting import Accounting
+from gateway.budget import Budgets
 from gateway.catalog import Catalog
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.limits import Limiter, MemoryLimiter
@@ -50,6 +52,8 @@ class Runtime:
             )
         )
         self.proxy = Proxy(self.client, self.limiter, self.metrics)
+        self.budgets = Budgets(self.usage)
+        self.accounting = Accounting(self.metrics, self.usage)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:

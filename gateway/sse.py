@@ -16,8 +16,6 @@ import re
 
 import orjson
 
-from gateway.errors import error_body
-
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
 # A content (or reasoning) delta with text in it: one token a chunk, for estimates.
@@ -144,7 +142,3 @@ def _payload(event: bytes) -> object:
         return orjson.loads(b"\n".join(lines))
     except orjson.JSONDecodeError:
         return None
-
-
-def error_event(message: str, code: str = "stream_interrupted") -> bytes:
-    return b"data: " + error_body(message, "server_error", None, code) + b"\n\n"

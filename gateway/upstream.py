@@ -3,9 +3,10 @@
 aiohttp rather than httpx's default transport on this path: httpx's pool scans every pooled
 connection per request and collapses under concurrency (+378 ms p50 at 64 connections, measured).
 
-`classify()` turns an upstream answer into what the gateway does with it: pass it through,
-retry it, or replace it with a gateway error that says whose problem it is. An upstream 401/403
-is about the gateway's own W&B key or location, never the caller's key, so the caller gets a 502.
+`classify()` (an upstream answer) and `wire_failure()` (an exception on the way) both return a
+`Verdict`: pass the answer through, retry, or replace it with a gateway error that says whose
+problem it is. They never raise. An upstream 401/403 is about the gateway's own W&B key or
+location, never the caller's key, so the caller gets a 502.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from gateway.errors import (
     InsufficientQuota,
     UpstreamAuthError,
     UpstreamConcurrency,
+    UpstreamConnectError,
     UpstreamError,
     UpstreamOverloaded,
+    UpstreamTimeout,
 )
 
 # Never forwarded upstream: hop-by-hop headers, the caller's credentials and identity headers
@@ -69,16 +72,19 @@ DROP_RESPONSE_HEADERS = frozenset(
     }
 )
 
-RETRYABLE_STATUS = frozenset({429, 500, 503})
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the gateway does with an attempt that did not bring a 200: pass the answer through
+    (`error` None: the caller's own business, a 400 about its request, a 404 for a model), fail
+    with `error`, or, when `retry` names a cause (a bounded label), try again and answer `error`
+    only if no attempt is left."""
+
+    error: GatewayError | None
+    retry: str | None = None
 
 
-class Retryable(Exception):
-    """An attempt failed in a way another attempt may fix."""
-
-    def __init__(self, final: GatewayError, label: str) -> None:
-        super().__init__(final.message)
-        self.final = final  # what the caller gets if no attempt is left
-        self.label = label  # bounded reason, for metrics
+PASS = Verdict(None)
 
 
 def upstream_headers(
@@ -119,50 +125,81 @@ def _message(body: bytes) -> str:
     return ""
 
 
-def classify(status: int, body: bytes, account: Account, project: str) -> GatewayError | None:
-    """What an upstream non-200 answer means for the caller.
-
-    Returns None when the answer is the caller's business (a 400 about its request, a 404 for a
-    model) and should pass through as it is; raises Retryable when another attempt may help.
-    """
+def classify(status: int, body: bytes, account: Account, project: str) -> Verdict:
+    """What an upstream non-200 answer means for the caller. Retried: W&B's concurrency 429,
+    503 and every other 5xx. Never retried: quota (402, or a 429 that says quota), 401/403
+    (the gateway's own key or location: another attempt gets the same), and the 4xx that pass
+    through."""
     message = _message(body)
     if status == 402 or (status == 429 and "quota" in message.lower()):
-        return InsufficientQuota(
-            "W&B says the account's credits or spending limit are exhausted "
-            f"(account {account.name!r}): {message or 'quota exceeded'}. "
-            "Retrying will not help; ask the gateway's operators."
+        return Verdict(
+            InsufficientQuota(
+                "W&B says the account's credits or spending limit are exhausted "
+                f"(account {account.name!r}): {message or 'quota exceeded'}. "
+                "Retrying will not help; ask the gateway's operators."
+            )
         )
     if status == 401:
-        return UpstreamAuthError(
-            f"W&B rejected the gateway's credentials for account {account.name!r} "
-            f"(its API key, or the project {project!r}). This is the gateway's configuration, "
-            "not your key: tell the gateway's operators."
+        return Verdict(
+            UpstreamAuthError(
+                f"W&B rejected the gateway's credentials for account {account.name!r} "
+                f"(its API key, or the project {project!r}). This is the gateway's "
+                "configuration, not your key: tell the gateway's operators."
+            )
         )
     if status == 403:
-        return UpstreamAuthError(
-            "W&B refused the gateway's requests: country, region, or territory not supported. "
-            "This is where the gateway runs, not your key: tell the gateway's operators."
+        return Verdict(
+            UpstreamAuthError(
+                "W&B refused the gateway's requests: country, region, or territory not "
+                "supported. This is where the gateway runs, not your key: tell the gateway's "
+                "operators."
+            )
         )
     if status == 429:
-        raise Retryable(
-            UpstreamConcurrency(
-                "W&B's concurrency limit was reached for the gateway's account even after "
-                "retries; another client may share its key. Retry later.",
-                headers={"retry-after": "1", "retry-after-ms": "1000"},
-            ),
-            "upstream_concurrency",
+        concurrency = UpstreamConcurrency(
+            "W&B's concurrency limit was reached for the gateway's account even after "
+            "retries; another client may share its key. Retry later.",
+            headers={"retry-after": "1", "retry-after-ms": "1000"},
         )
+        return Verdict(concurrency, retry="upstream_concurrency")
     if status == 503:
-        raise Retryable(
-            UpstreamOverloaded(f"W&B is overloaded (503): {message or 'try again later'}"),
-            "upstream_5xx",
-        )
+        overloaded = UpstreamOverloaded(f"W&B is overloaded (503): {message or 'try again later'}")
+        return Verdict(overloaded, retry="upstream_5xx")
     if status >= 500:
-        raise Retryable(
-            UpstreamError(f"W&B failed with {status}: {message or 'server error'}"),
-            "upstream_5xx",
+        failed = UpstreamError(f"W&B failed with {status}: {message or 'server error'}")
+        return Verdict(failed, retry="upstream_5xx")
+    if status < 400:  # W&B never redirects or answers 1xx/204 here: nothing a caller can use
+        return Verdict(UpstreamError(f"W&B answered with an unexpected status {status}"))
+    return PASS
+
+
+WireError = TimeoutError | aiohttp.ClientError
+
+
+def wire_failure(exc: WireError, waiting_for: str, read_timeout_s: float) -> Verdict:
+    """What an exception on the wire to W&B means; `waiting_for` completes "W&B sent no ..."
+    for the timeout's message.
+
+    The order of the checks carries meaning. aiohttp's timeouts are both `TimeoutError` and
+    `aiohttp.ClientError`: a *connect* timeout means W&B never got the request, so it is
+    retried like any connection failure; any other timeout means W&B has the request and is
+    silent: it may still be working (and billing), so it is never retried. Only then is a
+    `ClientError` (refused, reset, DNS, a cut body) a connection failure.
+    """
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return _unreachable(exc)
+    if isinstance(exc, TimeoutError):
+        return Verdict(
+            UpstreamTimeout(
+                f"W&B sent no {waiting_for} within upstream.read_timeout_s ({read_timeout_s:g}s)"
+            )
         )
-    return None
+    return _unreachable(exc)
+
+
+def _unreachable(exc: BaseException) -> Verdict:
+    error = UpstreamConnectError(f"Cannot reach W&B ({type(exc).__name__}).")
+    return Verdict(error, retry="upstream_connect")
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,6 @@ def estimate_prompt_tokens(messages: Any) -> int:
 class UsageStore(ABC):
     def __init__(self) -> None:
         self.last_seen: dict[str, float] = {}  # tenant -> month spend at the last read or write
-        self.failures = 0  # writes lost while the store was unreachable
 
     async def add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> None:
         """Count one request's usage for this month."""
@@ -183,6 +182,7 @@ class RedisUsageStore(UsageStore):
         self._pending: dict[str, dict[str, float]] = {}  # key -> field -> increment
         self._totals: dict[str, float] = {}  # key -> month total in Redis at the last flush
         self._flusher: asyncio.Task[None] | None = None
+        self._failed_flushes = 0  # in a row, while Redis is away
 
     def _key(self, tenant: str) -> str:
         return f"{self._prefix}:usage:{month()}:{tenant}"
@@ -252,13 +252,13 @@ class RedisUsageStore(UsageStore):
             try:
                 await self.flush()
             except (RedisError, OSError) as exc:
-                self.failures += 1
-                if self.failures == 1:
+                self._failed_flushes += 1
+                if self._failed_flushes == 1:
                     logger.warning("usage store: Redis unreachable (%s); holding usage", exc)
                 continue
-            if self.failures:
+            if self._failed_flushes:
                 logger.info("usage store: Redis answers again; usage written")
-                self.failures = 0
+                self._failed_flushes = 0
 
     async def close(self) -> None:
         if self._flusher is not None:

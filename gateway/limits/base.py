@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.config import Account, Tenant
-from gateway.errors import QueueTimeout, retry_headers
+from gateway.errors import QueueTimeout
 
 
 @dataclass
@@ -95,14 +95,13 @@ class HoldTimes:
 
 
 def queue_timeout(tenant: Tenant, waited_s: float, retry_after_s: float) -> QueueTimeout:
-    error = QueueTimeout(
+    return QueueTimeout(
         f"Tenant {tenant.name!r} waited {waited_s:.1f}s for a free upstream slot without getting "
         f"one (limit {tenant.max_concurrency} concurrent for the tenant, shared account "
         f"{tenant.account!r}); retry later.",
-        headers=retry_headers(retry_after_s),
+        waited_s=waited_s,
+        retry_after_s=retry_after_s,
     )
-    error.waited_s = waited_s
-    return error
 
 
 @dataclass

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from gateway.config import Tenant
 from gateway.limits import PoolState
+from gateway.routers.deps import RuntimeDep, TenantDep
+from gateway.routers.schemas import AdminUsage, OwnUsage, errors
 from gateway.runtime import Runtime
 from gateway.usage import month
 
-router = APIRouter()
+router = APIRouter(tags=["usage"], responses=errors(401))
 
 
 def _pool(pools: dict[str, PoolState], name: str, limit: int) -> dict[str, int]:
@@ -38,16 +40,16 @@ async def tenant_usage(
     }
 
 
-@router.get("/v1/usage")
-async def own_usage(request: Request) -> dict[str, Any]:
-    runtime: Runtime = request.app.state.runtime
+@router.get("/v1/usage", response_model=OwnUsage)
+async def own_usage(runtime: RuntimeDep, tenant: TenantDep) -> dict[str, Any]:
+    """The tenant's month: spend and tokens by model, budget and what remains, concurrency."""
     pools = {p.name: p for p in runtime.limiter.pools()}
-    return {"object": "usage", **await tenant_usage(runtime, request.state.tenant, pools)}
+    return {"object": "usage", **await tenant_usage(runtime, tenant, pools)}
 
 
-@router.get("/admin/usage")
-async def all_usage(request: Request) -> dict[str, Any]:
-    runtime: Runtime = request.app.state.runtime
+@router.get("/admin/usage", response_model=AdminUsage, responses=errors(403))
+async def all_usage(runtime: RuntimeDep) -> dict[str, Any]:
+    """The same for every tenant, and every account's pool (admin keys only)."""
     pools = {p.name: p for p in runtime.limiter.pools()}
     settings = runtime.settings
     return {

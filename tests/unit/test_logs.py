@@ -50,10 +50,13 @@ async def test_lines_are_written_in_batches_within_the_flush_interval() -> None:
 
 async def test_other_records_flush_pending_lines_first() -> None:
     with configured() as stream:
-        logs.access.write("req_1 POST /v1 200")
+        log = AccessLog()
+        log.open()  # as the app's lifespan does
+        log.write("req_1 POST /v1 200")
         assert stream.getvalue() == ""
         logging.getLogger("gateway.test").warning("after")
         lines = stream.getvalue().splitlines()
+        log.close()
     assert LINE.match(lines[0]) and lines[1].endswith("WARNING [1] gateway.test: after"), lines
 
 

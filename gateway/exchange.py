@@ -1,0 +1,50 @@
+"""The two values a chat completion flows through: the `Call` going in, the `Result` coming out.
+
+    body, headers, tenant, settings --chat_request()--> Call --Proxy.chat()--> Result --settle()
+
+Both are frozen: whoever holds one reads it, nobody writes it after it is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import Account, Model, Tenant
+from gateway.usage import Usage
+
+CLIENT_CLOSED = 499  # nginx's status for "client closed the request", for logs and metrics
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One chat completion request, authenticated, checked and ready to go upstream."""
+
+    request_id: str
+    tenant: Tenant
+    account: Account
+    model: str  # the resolved upstream id
+    label: str  # the model as a bounded metric label
+    price: Model | None  # the model's prices in the config the request was admitted under
+    stream: bool
+    body: bytes  # as the client sent it, but for the few fields the gateway changed
+    headers: dict[str, str]  # for upstream, credentials already swapped
+    start: float  # monotonic time the request arrived
+    deadline: float  # monotonic time after which neither queueing nor retrying goes on
+    strip_usage: bool = False  # the gateway asked upstream for stream usage, the client did not
+    messages: Any = None  # the request's messages, to estimate the prompt of a cut stream
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What happened: for the metrics, the usage store and the access log."""
+
+    status: int  # what the client got; 499 when it went away first
+    reason: str | None = None  # a bounded error cause (see metrics), None when all went well
+    elapsed_s: float = 0.0  # arrival to last byte (or to giving up)
+    queue_s: float = 0.0  # waiting for a slot
+    attempts: int = 0  # sent upstream, retries included
+    retries: tuple[str, ...] = ()  # the cause of each retry
+    usage: Usage | None = None  # upstream's, or estimated for a stream cut short
+    first_byte_s: float | None = None  # arrival to the first streamed byte
+    sent: bool = False  # the client got response headers (so no error status could follow)

@@ -1,0 +1,89 @@
+"""The shapes of the gateway's own JSON answers, for the OpenAPI document (`/openapi.json`) and
+for FastAPI to check what the routes return."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error the gateway answers, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+class ModelObject(BaseModel):
+    """A model as upstream lists it (every field upstream sends is kept); an alias also names
+    its target in `root`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: str = "model"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+class ModelUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    spend_usd: float
+
+
+class Pool(BaseModel):
+    limit: int
+    inflight: int
+    queued: int
+
+
+class TenantUsage(BaseModel):
+    tenant: str
+    month: str  # YYYY-MM, UTC
+    spend_usd: float
+    budget_usd: float | None
+    remaining_usd: float | None
+    models: dict[str, ModelUsage]
+    concurrency: Pool
+
+
+class OwnUsage(TenantUsage):
+    object: Literal["usage"]
+
+
+class AdminUsage(BaseModel):
+    object: Literal["usage.admin"]
+    month: str
+    tenants: dict[str, TenantUsage]
+    accounts: dict[str, Pool]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class LimiterState(BaseModel):
+    backend: str
+    detail: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unready", "draining"]
+    config: str
+    limiter: LimiterState
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route may give, for its `responses=`."""
+    return {status: {"model": ErrorEnvelope} for status in statuses}
