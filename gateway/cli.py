@@ -59,7 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "timeout_graceful_shutdown": round(settings.server.shutdown_grace_s),
     }
     if args.workers > 1:
+        # Each worker is a fresh process: it finds its config and log level in its environment.
         os.environ["GATEWAY_CONFIG"] = str(path)
+        os.environ[logs.LEVEL_ENV] = args.log_level.upper()
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Workers import prometheus-client after this is set: their samples go to files
             # there, and /metrics sums them. A fresh folder, so no old run's counts add up.

@@ -86,79 +86,78 @@ class _LiveCollector(Collector):
 
 class Metrics:
     def __init__(self, live: LiveState) -> None:
-        r = self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry()
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-        self.requests = Counter(
+        self._counters()
+        self._histograms()
+        self._live = _LiveCollector(live)
+        self.registry.register(self._live)
+
+    def _counters(self) -> None:
+        def counter(name: str, what: str, *labels: str) -> Counter:
+            return Counter(name, what, labels, registry=self.registry)
+
+        self.requests = counter(
             "gateway_requests",
-            "Requests answered, by the HTTP status the client got",
-            ["tenant", "model", "status"],
-            registry=r,
+            "Chat completions answered, and requests refused for their key, by the HTTP status "
+            "the client got",
+            "tenant",
+            "model",
+            "status",
         )
-        self.upstream_requests = Counter(
+        self.upstream_requests = counter(
             "gateway_upstream_requests",
             "Attempts sent upstream, retries included (status `error` when none came back)",
-            ["account", "model", "status"],
-            registry=r,
+            "account",
+            "model",
+            "status",
         )
-        self.errors = Counter(
-            "gateway_errors",
-            "Failed requests by cause",
-            ["tenant", "model", "reason"],
-            registry=r,
+        self.errors = counter(
+            "gateway_errors", "Failed requests by cause", "tenant", "model", "reason"
         )
-        self.retries = Counter(
-            "gateway_retries",
-            "Upstream attempts retried, by cause",
-            ["model", "reason"],
-            registry=r,
+        self.retries = counter(
+            "gateway_retries", "Upstream attempts retried, by cause", "model", "reason"
         )
-        self.tokens = Counter(
+        self.tokens = counter(
             "gateway_tokens",
             "Tokens used, from upstream's usage blocks (or estimated, see below)",
-            ["tenant", "model", "kind"],
-            registry=r,
+            "tenant",
+            "model",
+            "kind",
         )
-        self.spend = Counter(
-            "gateway_spend_usd",
-            "USD spent, from the config's price table",
-            ["tenant", "model"],
-            registry=r,
+        self.spend = counter(
+            "gateway_spend_usd", "USD spent, from the config's price table", "tenant", "model"
         )
-        self.unpriced_tokens = Counter(
+        self.unpriced_tokens = counter(
             "gateway_unpriced_tokens",
             "Tokens of models without a price in the config (not in gateway_spend_usd_total)",
-            ["model"],
-            registry=r,
+            "model",
         )
-        self.estimated_tokens = Counter(
+        self.estimated_tokens = counter(
             "gateway_estimated_tokens",
             "Tokens estimated by the gateway because a stream ended before upstream's usage",
-            ["model"],
-            registry=r,
+            "model",
         )
-        self.ttft = Histogram(
+
+    def _histograms(self) -> None:
+        def histogram(name: str, what: str, label: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, what, [label], buckets=buckets, registry=self.registry)
+
+        self.ttft = histogram(
             "gateway_time_to_first_token_seconds",
             "Time from request to the first streamed byte",
-            ["model"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            "model",
+            DURATION_BUCKETS,
         )
-        self.duration = Histogram(
+        self.duration = histogram(
             "gateway_request_duration_seconds",
             "Time from request to last byte",
-            ["model"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            "model",
+            DURATION_BUCKETS,
         )
-        self.queue_wait = Histogram(
-            "gateway_queue_wait_seconds",
-            "Time spent waiting for a slot",
-            ["pool"],
-            buckets=WAIT_BUCKETS,
-            registry=r,
+        self.queue_wait = histogram(
+            "gateway_queue_wait_seconds", "Time spent waiting for a slot", "pool", WAIT_BUCKETS
         )
-        self._live = _LiveCollector(live)
-        r.register(self._live)
 
     def child(self, metric: _M, *labels: str) -> _M:
         """`metric.labels(*labels)`, remembered: labels are bounded, and the hot path asks for

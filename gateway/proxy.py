@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +36,7 @@ from gateway.limits import Limiter
 from gateway.metrics import Metrics
 from gateway.responses import ClientGone, Responder
 from gateway.sse import StreamMeter
+from gateway.stream_watch import StreamWatch
 from gateway.upstream import (
     UpstreamClient,
     Verdict,
@@ -56,90 +56,6 @@ SSE_HEADERS = [
 JSON_HEADER = (b"content-type", b"application/json")
 # Caught around every upstream call; what each means is `wire_failure`'s to say.
 WIRE_ERRORS = (TimeoutError, aiohttp.ClientError)
-
-
-# A client that stops reading a stream without disconnecting (a suspended process, a stream
-# left unclosed) would hold its slot for ever: past upstream's own silence limit plus this, it
-# is treated as gone.
-CLIENT_STALL_MARGIN_S = 5.0
-
-
-class _StreamWatch:
-    """The two safety nets of a relayed stream, on one timer per stream.
-
-    - upstream silent: no chunk for `read_timeout_s` while no send to the client waits: the
-      relay ends with an error event;
-    - client stalled: one send has waited `read_timeout_s + CLIENT_STALL_MARGIN_S`: the client
-      is treated as gone.
-
-    A check every `min(read_timeout_s, CLIENT_STALL_MARGIN_S) / 2` (2.5 s by default) compares
-    counters the relay bumps, instead of timer handles re-armed around every chunk (ours, and
-    aiohttp's `sock_read`: 7% of a stream's CPU, measured). Each fires at most two checks late.
-    """
-
-    UPSTREAM = "upstream"
-    CLIENT = "client"
-    SHUTDOWN = "shutdown"
-
-    __slots__ = (
-        "_handle",
-        "_last",
-        "_loop",
-        "_patience",
-        "_period",
-        "_quiet",
-        "_silence",
-        "_stuck",
-        "_task",
-        "begun",
-        "ended",
-        "fired",
-        "received",
-    )
-
-    def __init__(self, read_timeout_s: float) -> None:
-        self.received = 0  # upstream chunks taken
-        self.begun = self.ended = 0  # sends to the client started and finished
-        self.fired: str | None = None
-        self._period = min(read_timeout_s, CLIENT_STALL_MARGIN_S) / 2
-        self._silence = math.ceil(read_timeout_s / self._period)  # quiet checks that are too many
-        self._patience = math.ceil((read_timeout_s + CLIENT_STALL_MARGIN_S) / self._period)
-        self._last = (-1, -1)  # (received, begun) at the last check
-        self._quiet = 0  # checks in a row that saw nothing received and no send waiting
-        self._stuck = 0  # checks in a row that saw the same send waiting
-        self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._handle = self._loop.call_later(self._period, self._check)
-
-    def cut(self) -> None:
-        """End the stream now, with an error event: the gateway is going away."""
-        if self.fired is None:
-            self.fired = self.SHUTDOWN
-            self._handle.cancel()
-            self._task.cancel()
-
-    def _check(self) -> None:
-        received, begun = self.received, self.begun
-        if begun != self.ended:
-            self._quiet = 0
-            self._stuck = self._stuck + 1 if begun == self._last[1] else 0
-            if self._stuck >= self._patience:
-                self.fired = self.CLIENT
-        else:
-            self._stuck = 0
-            self._quiet = self._quiet + 1 if received == self._last[0] else 0
-            if self._quiet >= self._silence:
-                self.fired = self.UPSTREAM
-        if self.fired:
-            self._task.cancel()
-            return
-        self._last = (received, begun)
-        self._handle = self._loop.call_later(self._period, self._check)
-
-    def close(self) -> None:
-        self._handle.cancel()
 
 
 @dataclass(slots=True)
@@ -192,10 +108,10 @@ class Proxy:
         self._limiter = limiter
         self._metrics = metrics
         self._url = URL(client.url("/chat/completions"))  # parsed once, not per request
-        self._streams: set[_StreamWatch] = set()  # being relayed, for cut_streams()
+        self._streams: set[StreamWatch] = set()  # being relayed, for cut_streams()
         s = self._settings = client.settings
         # Streams read without aiohttp's `sock_read` timer, re-armed on every chunk: the wait
-        # for the answer and its first chunk is timed here, the rest by `_StreamWatch`.
+        # for the answer and its first chunk is timed here, the rest by `StreamWatch`.
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, connect=s.connect_timeout_s, sock_connect=s.connect_timeout_s
         )
@@ -357,7 +273,7 @@ class Proxy:
     ) -> bytes:
         """Relay the stream after its first chunk; return its last bytes (the tail, or the
         error event that ends it early)."""
-        watch = _StreamWatch(self._settings.read_timeout_s)
+        watch = StreamWatch(self._settings.read_timeout_s)
         self._streams.add(watch)
         cut: StreamInterrupted | None = None
         try:

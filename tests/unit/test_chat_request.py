@@ -1,0 +1,121 @@
+"""`chat_request()`: pure, so tested as a function: body and headers in, a Call or an error out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from gateway.chat_request import chat_request
+from gateway.config import Settings, parse_settings
+from gateway.errors import BadRequest, GatewayError, ModelNotFound, PermissionDenied
+from gateway.exchange import Call
+from tests.procs import LLAMA, PHI, WANDB_KEY, base_config
+
+SETTINGS = parse_settings(base_config("http://upstream.invalid"))
+BUDGETED = parse_settings(
+    base_config("http://upstream.invalid", tenants__ads__monthly_budget_usd=5)
+)
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def call(
+    body: Any,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    tenant: str = "search",
+    settings: Settings = SETTINGS,
+) -> Call:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return chat_request(
+        raw,
+        headers or [(b"authorization", b"Bearer sk-gw-caller")],
+        settings.tenants[tenant],
+        settings,
+        request_id="req_1",
+        start=100.0,
+        label=lambda model: model if model in (LLAMA, PHI) else "other",
+    )
+
+
+def refused(body: Any, **kw: Any) -> GatewayError:
+    with pytest.raises(GatewayError) as info:
+        call(body, **kw)
+    return info.value
+
+
+def test_a_plain_request_goes_up_as_sent_with_the_credentials_swapped() -> None:
+    body = b'{"model": "' + PHI.encode() + b'", "messages": [{"role": "user", "content": "hi"}]}'
+    c = call(body, [(b"authorization", b"Bearer sk-gw-caller"), (b"x-custom", b"1")])
+    assert c.body == body  # byte for byte
+    assert c.model == c.label == PHI and not c.stream and c.price is SETTINGS.models[PHI]
+    assert c.headers["Authorization"] == f"Bearer {WANDB_KEY}"
+    assert c.headers["OpenAI-Project"] == "acme/search" and c.headers["x-custom"] == "1"
+    assert c.headers["X-Request-Id"] == "req_1"
+    assert c.deadline == 100.0 + SETTINGS.limiter.queue_timeout_s
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{oops", None),
+        (b"", None),
+        (b'"a string"', None),
+        (b"[]", None),
+        ({"messages": MESSAGES}, "model"),
+        ({"model": "", "messages": MESSAGES}, "model"),
+        ({"model": 7, "messages": MESSAGES}, "model"),
+        ({"model": PHI}, "messages"),
+        ({"model": PHI, "messages": "hi"}, "messages"),
+        ({"model": PHI, "messages": MESSAGES, "stream": 1}, "stream"),
+        ({"model": PHI, "messages": MESSAGES, "stream": "true"}, "stream"),
+    ],
+)
+def test_bad_bodies_are_400_naming_the_field(body: Any, param: str | None) -> None:
+    error = refused(body)
+    assert isinstance(error, BadRequest) and error.status == 400 and error.param == param
+
+
+def test_an_alias_is_resolved_and_every_number_kept_exactly() -> None:
+    body = b'{"model": "gpt-4o-mini", "messages": [], "seed": 123456789012345678901234567890}'
+    c = call(body)
+    assert c.model == LLAMA
+    sent = json.loads(c.body)
+    assert sent["model"] == LLAMA and sent["seed"] == 123456789012345678901234567890
+
+
+def test_a_stream_always_asks_for_usage_and_hides_it_when_the_client_did_not() -> None:
+    body = b'{"model": "' + PHI.encode() + b'", "stream": true, "messages": []}'
+    c = call(body)
+    assert c.stream and c.strip_usage
+    assert c.body == b'{"stream_options":{"include_usage":true},' + body[1:]  # inserted only
+    assert json.loads(c.body)["stream_options"] == {"include_usage": True}
+    own = call({"model": PHI, "stream": True, "messages": [], "stream_options": {"x": 1}})
+    assert json.loads(own.body)["stream_options"] == {"x": 1, "include_usage": True}
+    assert own.strip_usage
+    asked = call(
+        {"model": PHI, "stream": True, "messages": [], "stream_options": {"include_usage": True}}
+    )
+    assert not asked.strip_usage
+
+
+def test_the_allow_list_is_on_resolved_ids() -> None:
+    assert call({"model": "gpt-4o-mini", "messages": []}, tenant="limited").model == LLAMA
+    assert call({"model": LLAMA, "messages": []}, tenant="limited").model == LLAMA
+    error = refused({"model": PHI, "messages": []}, tenant="limited")
+    assert isinstance(error, ModelNotFound) and error.status == 404 and error.param == "model"
+
+
+def test_a_budgeted_tenant_may_not_use_an_unpriced_model() -> None:
+    error = refused({"model": "other/model", "messages": []}, tenant="ads", settings=BUDGETED)
+    assert isinstance(error, PermissionDenied) and error.code == "model_not_priced"
+    assert call({"model": PHI, "messages": []}, tenant="ads", settings=BUDGETED).model == PHI
+    assert call({"model": "other/model", "messages": []}).label == "other"
+
+
+def test_the_project_header_picks_an_allowed_project_only() -> None:
+    auth = (b"authorization", b"Bearer k")
+    allowed = call({"model": PHI, "messages": []}, [auth, (b"openai-project", b"acme/search-eval")])
+    assert allowed.headers["OpenAI-Project"] == "acme/search-eval"
+    error = refused({"model": PHI, "messages": []}, headers=[auth, (b"openai-project", b"x/y")])
+    assert isinstance(error, PermissionDenied) and error.code == "project_not_allowed"
