@@ -44,7 +44,5 @@ class Result:
     elapsed_s: float = 0.0  # arrival to last byte (or to giving up)
     queue_s: float = 0.0  # waiting for a slot
     attempts: int = 0  # sent upstream, retries included
-    retries: tuple[str, ...] = ()  # the cause of each retry
     usage: Usage | None = None  # upstream's, or estimated for a stream cut short
-    first_byte_s: float | None = None  # arrival to the first streamed byte
-    sent: bool = False  # the client got response headers (so no error status could follow)
+    first_byte_s: float | None = None  # arrival to the first streamed byte (streams only)

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -65,7 +65,6 @@ class _Run:
 
     queue_s: float = 0.0
     attempts: int = 0
-    retries: list[str] = field(default_factory=list)
     reason: str | None = None
     usage: Usage | None = None  # upstream's usage block, when one came
     meter: StreamMeter | None = None  # what a stream relayed, for a stream cut short
@@ -78,10 +77,8 @@ class _Run:
             elapsed_s=time.monotonic() - call.start,
             queue_s=self.queue_s,
             attempts=self.attempts,
-            retries=tuple(self.retries),
             usage=self._final_usage(call),
             first_byte_s=self.first_byte_s,
-            sent=client.started,
         )
 
     def _final_usage(self, call: Call) -> Usage | None:
@@ -171,7 +168,6 @@ class Proxy:
             delay = _backoff(run.attempts, settings.backoff_base_s, settings.backoff_max_s)
             if time.monotonic() + delay > call.deadline:
                 raise error
-            run.retries.append(verdict.retry)
             self._metrics.retries.labels(call.label, verdict.retry).inc()
             logger.info(
                 "request %s: upstream attempt %d failed (%s), retrying in %.2fs",
