@@ -14,10 +14,11 @@ adds the message, the `param` at fault and the headers SDKs act on (`Retry-After
     ├── MethodNotAllowed          405 invalid_request_error bad_request
     ├── AuthenticationError       401 invalid_api_key     auth       no key, unknown key
     ├── PermissionDenied          403 permission_error    auth       admin route, project, price
-    ├── QueueTimeout              429 rate_limit_exceeded queue_timeout  no slot in time
+    ├── RateLimited               429 rate_limit_exceeded (a base: retry after the headers' wait)
+    │   ├── QueueTimeout          429 rate_limit_exceeded queue_timeout  no slot in time
+    │   └── UpstreamConcurrency   429 rate_limit_exceeded upstream_concurrency  W&B's 429
     ├── InsufficientQuota         429 insufficient_quota  upstream_quota  W&B credits gone
     │   └── BudgetExceeded        429 insufficient_quota  budget_exceeded the tenant's budget
-    ├── UpstreamConcurrency       429 rate_limit_exceeded upstream_concurrency  W&B's 429
     ├── Unavailable               503 unavailable         unavailable  draining, Redis down
     └── UpstreamError             502 upstream_error      upstream_5xx  W&B failed
         ├── UpstreamAuthError     502 upstream_auth_error upstream_auth  W&B refused our key
@@ -163,12 +164,18 @@ class PermissionDenied(GatewayError):
     reason = "auth"
 
 
-class QueueTimeout(GatewayError):
-    """No slot within limiter.queue_timeout_s: retryable, with an honest Retry-After."""
+class RateLimited(GatewayError):
+    """Too many at once: SDKs retry these, after the wait the headers say."""
 
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+    reason = "rate_limited"
+
+
+class QueueTimeout(RateLimited):
+    """No slot within limiter.queue_timeout_s: retryable, with an honest Retry-After."""
+
     reason = "queue_timeout"
 
     def __init__(self, message: str, *, waited_s: float, retry_after_s: float) -> None:
@@ -192,10 +199,9 @@ class BudgetExceeded(InsufficientQuota):
     reason = "budget_exceeded"
 
 
-class UpstreamConcurrency(GatewayError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
+class UpstreamConcurrency(RateLimited):
+    """W&B's own concurrency 429, still there after every retry."""
+
     reason = "upstream_concurrency"
 
 
