@@ -15,7 +15,8 @@ import httpx
 import pytest
 import redis
 
-from tests.e2e.helpers import USER, faults, stats, wait_until
+from tests.e2e.helpers import USER, faults, stats
+from tests.poll import until
 from tests.procs import (
     ADS_KEY,
     LIMITED_KEY,
@@ -154,7 +155,7 @@ async def test_a_killed_replica_gives_its_slots_back(fake: Proc, redis_url: str)
         faults(fake, {"kind": "hang"})
         async with httpx.AsyncClient(timeout=60) as http:
             holder = asyncio.create_task(post(http, doomed, LIMITED_KEY))  # takes the one slot
-            await wait_until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1)
+            await until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1)
             doomed.proc.send_signal(signal.SIGKILL)
             doomed.proc.wait()
             started = time.monotonic()
@@ -177,7 +178,7 @@ async def test_stream_longer_than_the_lease_keeps_its_slot(fake: Proc, redis_url
             long = asyncio.create_task(
                 post(http, a, LIMITED_KEY, stream=True, x_fake={"chunk_delay_s": 0.3})
             )  # about 2.4 s, four lease TTLs
-            await wait_until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1)
+            await until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1)
             other = await post(http, b, LIMITED_KEY)
             assert (await long).text.rstrip().endswith("[DONE]")
         assert other.status_code == 200
