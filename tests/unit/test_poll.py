@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from tests.poll import until, until_sync
@@ -17,7 +15,6 @@ async def test_returns_the_first_truthy_value_of_a_plain_or_async_check() -> Non
         return len(calls) if len(calls) >= 3 else 0
 
     async def at_once() -> str:
-        await asyncio.sleep(0)
         return "yes"
 
     assert await until(third_time, interval_s=0) == 3
