@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import httpx
 import yaml
 
 from gateway.keys import hash_key
+from tests.poll import until_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,17 +42,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def alive(proc: subprocess.Popen[bytes]) -> None:
+    """Raise if the process exited: a wait for it to answer ends there, not at its timeout."""
+    if proc.poll() is not None:
+        raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing answered on {url}")
+    def answers() -> bool:
+        alive(proc)
+        httpx.get(url, timeout=1.0)
+        return True
+
+    until_sync(answers, timeout_s, f"an answer on {url}", ignore=httpx.TransportError)
 
 
 @dataclass
@@ -87,7 +89,7 @@ def spawn(args: list[str], port: int, health: str, name: str) -> Proc:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + health, proc)
-    except RuntimeError:
+    except (RuntimeError, AssertionError):  # it exited, or never answered
         proc.kill()
         raise RuntimeError(f"{name} did not start:\n{log.read_text(errors='replace')}") from None
     return Proc(proc, url, log)
@@ -193,16 +195,14 @@ def redis_server(port: int | None = None) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+    def listens() -> bool:
+        alive(proc)
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
+        until_sync(listens, 10, f"redis-server listening on {port}", ignore=OSError)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()

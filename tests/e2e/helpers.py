@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -59,10 +56,3 @@ def prompt_tokens(messages: list[dict[str, Any]]) -> int:
 
 
 USER = [{"role": "user", "content": "Say hello to the gateway please"}]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +10,7 @@ import openai
 import pytest
 
 from tests.e2e.helpers import USER, client, faults, seen, stats
+from tests.poll import until_sync
 from tests.procs import (
     LIMITED_KEY,
     LLAMA,
@@ -288,12 +288,14 @@ def test_a_stream_that_never_starts_is_504(strict: Proc, fake: Proc) -> None:
 
 
 def test_logs_never_hold_keys(gateway: Proc, strict: Proc) -> None:
-    for proc in (gateway, strict):
+    procs = (gateway, strict)
+    for proc in procs:
         post(proc, {"model": LLAMA, "messages": USER})
-        deadline = time.monotonic() + 5  # access lines are written in batches, 0.2 s apart
-        while "gateway.access" not in (logs := proc.logs()):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+    until_sync(  # access lines are written in batches, 0.2 s apart
+        lambda: all("gateway.access" in p.logs() for p in procs), what="an access line from each"
+    )
+    for proc in procs:
+        logs = proc.logs()
         assert WANDB_KEY not in logs
         assert SEARCH_KEY not in logs
         assert LIMITED_KEY not in logs
@@ -309,10 +311,8 @@ def test_deeply_nested_body_with_an_alias_is_400(gateway: Proc, fake: Proc) -> N
 
 def test_the_access_log_cannot_be_forged(gateway: Proc) -> None:
     httpx.get(gateway.url + "/x%0A2026-01-01 INFO gateway.access: forged POST 200")
-    deadline = time.monotonic() + 5
-    while "/x%0A2026-01-01" not in gateway.logs():  # written just after the response
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    # written just after the response
+    until_sync(lambda: "/x%0A2026-01-01" in gateway.logs(), what="the access line")
     assert "\n2026-01-01 INFO gateway.access: forged" not in gateway.logs()
 
 
@@ -335,13 +335,11 @@ def test_a_client_that_stops_reading_a_stream_loses_its_slot(strict: Proc, fake:
             + f"Authorization: Bearer {SEARCH_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        deadline = time.monotonic() + 5
-        while stats(fake)["inflight"].get(WANDB_KEY) != 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        deadline = time.monotonic() + 15
-        while stats(fake)["inflight"].get(WANDB_KEY) != 0:
-            assert time.monotonic() < deadline, "the stalled client kept its slot"
-            time.sleep(0.1)
+        until_sync(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1, what="the stream upstream")
+        until_sync(
+            lambda: stats(fake)["inflight"].get(WANDB_KEY) == 0,
+            timeout_s=15,
+            what="the stalled client's slot freed",
+        )
     finally:
         sock.close()

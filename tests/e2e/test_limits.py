@@ -11,7 +11,8 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.helpers import USER, aclient, faults, stats, wait_until
+from tests.e2e.helpers import USER, aclient, faults, stats
+from tests.poll import until
 from tests.procs import (
     ADS_KEY,
     LIMITED_KEY,
@@ -83,7 +84,7 @@ async def test_queue_timeout_is_429_with_retry_after(quick_queue: Proc, fake: Pr
                 extra_body={"x_fake": {"delay_s": 1.0}},
             )
         )
-        await wait_until(
+        await until(
             lambda: (
                 pool_gauges(quick_queue).get(("gateway_inflight_requests", "tenant:limited")) == 1
             )
@@ -109,7 +110,7 @@ async def test_waiting_time_is_reported(gateway: Proc, fake: Proc) -> None:
                 extra_body={"x_fake": {"delay_s": 0.3}},
             )
         )
-        await wait_until(lambda: stats(fake)["requests"] == 1)
+        await until(lambda: stats(fake)["requests"] == 1)
         second = await c.chat.completions.with_raw_response.create(model=LLAMA, messages=USER)
         assert int((await first).headers["x-gateway-queue-ms"]) < 50
     assert int(second.headers["x-gateway-queue-ms"]) >= 150
@@ -130,18 +131,16 @@ async def test_client_disconnect_frees_the_slot_and_closes_upstream(
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
         request = http.build_request("POST", "/v1/chat/completions", json=body, headers=headers)
         resp_task = asyncio.create_task(http.send(request, stream=True))
-        await wait_until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1)
+        await until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1)
         if stream:
             resp = await resp_task
             assert resp.status_code == 200
             await resp.aclose()
         else:
             resp_task.cancel()
-    await wait_until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 0)
+    await until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 0)
     assert stats(fake)["disconnects"] == 1
-    await wait_until(
-        lambda: pool_gauges(gateway)[("gateway_inflight_requests", "tenant:limited")] == 0
-    )
+    await until(lambda: pool_gauges(gateway)[("gateway_inflight_requests", "tenant:limited")] == 0)
     async with aclient(gateway, key=LIMITED_KEY) as c:  # the one slot is free again
         answer = await asyncio.wait_for(c.chat.completions.create(model=LLAMA, messages=USER), 5)
     assert answer.choices[0].message.content
@@ -157,15 +156,11 @@ async def test_client_disconnect_while_queued_leaves_no_waiter(gateway: Proc, fa
                 extra_body={"x_fake": {"delay_s": 0.5}},
             )
         )
-        await wait_until(lambda: stats(fake)["requests"] == 1)
+        await until(lambda: stats(fake)["requests"] == 1)
         queued = asyncio.create_task(c.chat.completions.create(model=LLAMA, messages=USER))
-        await wait_until(
-            lambda: pool_gauges(gateway)[("gateway_queue_depth", "tenant:limited")] == 1
-        )
+        await until(lambda: pool_gauges(gateway)[("gateway_queue_depth", "tenant:limited")] == 1)
         queued.cancel()
-        await wait_until(
-            lambda: pool_gauges(gateway)[("gateway_queue_depth", "tenant:limited")] == 0
-        )
+        await until(lambda: pool_gauges(gateway)[("gateway_queue_depth", "tenant:limited")] == 0)
         await holder
     assert stats(fake)["requests"] == 1  # the cancelled one never went upstream
     assert_pools_empty(gateway)

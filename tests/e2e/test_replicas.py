@@ -15,7 +15,9 @@ import httpx
 import pytest
 import redis
 
-from tests.e2e.helpers import USER, faults, stats, wait_until
+from gateway.usage import month
+from tests.e2e.helpers import USER, faults, stats
+from tests.poll import until, until_sync
 from tests.procs import (
     ADS_KEY,
     LIMITED_KEY,
@@ -124,8 +126,13 @@ async def test_light_tenant_is_not_stuck_behind_a_flood(fake: Proc, redis_url: s
                     assert r.status_code == 200
                     flood.append(int(r.headers["x-gateway-queue-ms"]))
 
+            async def saturated() -> bool:
+                got = (await http.get(fake.url + "/_fake/stats")).json()["inflight"]
+                return bool(got.get(WANDB_KEY) == 4)
+
             async def light_caller() -> None:
-                await asyncio.sleep(0.5)  # let the flood build its queue
+                # the account's 4 slots are the flood's: what else it sends now queues
+                await until(saturated, what="the flood holding all 4 slots upstream")
                 while time.monotonic() < stop:
                     r = await post(http, gws[1], ADS_KEY, x_fake={"delay_s": 0.1})
                     assert r.status_code == 200
@@ -154,7 +161,7 @@ async def test_a_killed_replica_gives_its_slots_back(fake: Proc, redis_url: str)
         faults(fake, {"kind": "hang"})
         async with httpx.AsyncClient(timeout=60) as http:
             holder = asyncio.create_task(post(http, doomed, LIMITED_KEY))  # takes the one slot
-            await wait_until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1)
+            await until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1)
             doomed.proc.send_signal(signal.SIGKILL)
             doomed.proc.wait()
             started = time.monotonic()
@@ -177,7 +184,7 @@ async def test_stream_longer_than_the_lease_keeps_its_slot(fake: Proc, redis_url
             long = asyncio.create_task(
                 post(http, a, LIMITED_KEY, stream=True, x_fake={"chunk_delay_s": 0.3})
             )  # about 2.4 s, four lease TTLs
-            await wait_until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1)
+            await until(lambda: stats(fake)["inflight"].get(WANDB_KEY) == 1)
             other = await post(http, b, LIMITED_KEY)
             assert (await long).text.rstrip().endswith("[DONE]")
         assert other.status_code == 200
@@ -211,10 +218,11 @@ def test_redis_outage_is_not_an_outage(fake: Proc) -> None:
         assert "local" in ready["limiter"]["detail"]
         assert metric_value(gw, "gateway_limiter_degraded") == 1
         with redis_server(port):
-            deadline = time.monotonic() + 10
-            while metric_value(gw, "gateway_limiter_degraded") != 0:
-                assert time.monotonic() < deadline, "never went back to the shared limiter"
-                time.sleep(0.1)
+            until_sync(
+                lambda: metric_value(gw, "gateway_limiter_degraded") == 0,
+                timeout_s=10,
+                what="back on the shared limiter",
+            )
             r = httpx.post(
                 gw.url + "/v1/chat/completions",
                 json={"model": LLAMA, "messages": USER},
@@ -228,9 +236,18 @@ def test_redis_outage_is_not_an_outage(fake: Proc) -> None:
         gw.stop()
 
 
+def shared_spend(url: str, prefix: str, tenant: str) -> float:
+    """The tenant's month spend in Redis, as a replica reads it when it first needs it."""
+    client = redis.Redis.from_url(url)
+    try:
+        return float(client.hget(f"{prefix}:usage:{month()}:{tenant}", "total|usd") or 0.0)
+    finally:
+        client.close()
+
+
 def test_budget_holds_across_replicas(fake: Proc, redis_url: str) -> None:
     config = redis_config(fake, redis_url)
-    config["tenants"]["ads"]["monthly_budget_usd"] = 0.000004
+    config["tenants"]["ads"]["monthly_budget_usd"] = budget = 0.000004
     a, b = replicas(config, 2)
     try:
 
@@ -243,7 +260,13 @@ def test_budget_holds_across_replicas(fake: Proc, redis_url: str) -> None:
 
         assert call(a).status_code == 200
         assert call(a).status_code == 200  # admitted under the budget, ends over it
-        time.sleep(1.2)  # replicas share spend through Redis every 0.5 s (two rounds here)
+        # replicas share spend through Redis every 0.5 s: within two rounds, `a`'s is there
+        prefix = config["limiter"]["key_prefix"]
+        until_sync(
+            lambda: shared_spend(redis_url, prefix, "ads") > budget,
+            timeout_s=1.2,
+            what="the spend over the budget in Redis",
+        )
         refused = call(b)  # the other replica sees the spend
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "insufficient_quota"

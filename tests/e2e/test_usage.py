@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from gateway.keys import hash_key
 from tests.e2e.helpers import USER, client, faults, prompt_tokens
+from tests.poll import until_sync
 from tests.procs import (
     ADS_KEY,
     LLAMA,
@@ -234,10 +234,10 @@ def test_totals_are_summed_over_workers(fake: Proc) -> None:
             client(gw).chat.completions.create(model=LLAMA, messages=USER)
         for _ in range(3):
             client(gw).chat.completions.create(model=LLAMA, messages=USER)
-        deadline = time.monotonic() + 5  # access lines are written in batches, 0.2 s apart
-        while len(set(re.findall(r"\[(\d+)\] gateway.access: \S+ POST", gw.logs()))) < 2:
-            assert time.monotonic() < deadline, "both workers should have served requests"
-            time.sleep(0.05)
+        until_sync(  # access lines are written in batches, 0.2 s apart
+            lambda: len(set(re.findall(r"\[(\d+)\] gateway.access: \S+ POST", gw.logs()))) >= 2,
+            what="both workers serving requests",
+        )
         for _ in range(4):  # whichever worker answers, it reports the sum over both
             s = samples(gw)
             assert (

@@ -18,6 +18,7 @@ from gateway.testing.fake_upstream import (
     default_settings,
     start,
 )
+from tests.poll import until
 
 PROJECT = "team/proj"
 HEADERS = {"Authorization": f"Bearer {DEFAULT_KEY}", "OpenAI-Project": PROJECT}
@@ -76,11 +77,9 @@ async def inflight_is(client: httpx.AsyncClient, n: int) -> bool:
     return bool((await stats(client))["inflight"].get(DEFAULT_KEY) == n)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll the fake (it is another server: there is no event to wait on) for up to 2 s."""
-    async with asyncio.timeout(2):
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+# How long the fake may take to reach a state: polled (it is a server, whose state has no event to
+# wait on), though it needs milliseconds.
+SOON_S = 2.0
 
 
 async def read_sse(
@@ -358,7 +357,7 @@ async def test_key_concurrency_limit(serve: Serve) -> None:
         slow.append(
             asyncio.create_task(c.post(CHAT, json=body(stream=True, x_fake={"delay_s": 0.3})))
         )
-        await eventually(lambda: inflight_is(c, 2))
+        await until(lambda: inflight_is(c, 2), SOON_S, "2 in flight")
         rejected = await c.post(CHAT, json=body())
         assert rejected.status_code == 429
         assert rejected.json() == CONCURRENCY_429
@@ -377,7 +376,7 @@ async def test_project_concurrency_limit(serve: Serve) -> None:
     settings = FakeSettings(api_keys={DEFAULT_KEY: None}, project_concurrency=1)
     async with httpx.AsyncClient(base_url=await serve(settings), headers=HEADERS) as c:
         slow = asyncio.create_task(c.post(CHAT, json=body(x_fake={"delay_s": 0.3})))
-        await eventually(lambda: inflight_is(c, 1))
+        await until(lambda: inflight_is(c, 1), SOON_S, "1 in flight")
         assert (await c.post(CHAT, json=body())).status_code == 429
         other = {"OpenAI-Project": "team/other"}
         assert (await c.post(CHAT, json=body(), headers=other)).status_code == 200
@@ -477,7 +476,7 @@ async def test_hang_released_by_client_disconnect(client: httpx.AsyncClient) -> 
     await client.post("/_fake/faults", json={"faults": [{"kind": "hang"}]})
     with pytest.raises(httpx.ReadTimeout):
         await client.post(CHAT, json=body(), timeout=0.2)
-    await eventually(lambda: inflight_is(client, 0))
+    await until(lambda: inflight_is(client, 0), SOON_S, "none in flight")
     after = await stats(client)
     assert after["disconnects"] == 1
     assert after["max_inflight"] == {DEFAULT_KEY: 1}
@@ -492,7 +491,7 @@ async def test_disconnect_during_delay(client: httpx.AsyncClient) -> None:
         s = await stats(client)
         return bool(s["disconnects"] == 1 and s["inflight"] == {DEFAULT_KEY: 0})
 
-    await eventually(counted)
+    await until(counted, SOON_S, "the disconnect counted")
 
 
 async def test_cleanup_does_not_wait_for_hang() -> None:
@@ -502,7 +501,7 @@ async def test_cleanup_does_not_wait_for_hang() -> None:
     async with httpx.AsyncClient(base_url=f"http://{host}:{port}", headers=HEADERS) as c:
         await c.post("/_fake/faults", json={"faults": [{"kind": "hang"}]})
         pending = asyncio.create_task(c.post(CHAT, json=body()))
-        await eventually(lambda: inflight_is(c, 1))
+        await until(lambda: inflight_is(c, 1), SOON_S, "1 in flight")
         began = time.monotonic()
         await runner.cleanup()
         assert time.monotonic() - began < 2

@@ -13,6 +13,7 @@ import pytest
 
 from gateway import logs
 from gateway.logs import AccessLog
+from tests.poll import until
 
 LINE = re.compile(
     r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO \[\d+\] gateway\.access: req_1 POST /v1 200$"
@@ -43,8 +44,8 @@ async def test_lines_are_written_in_batches_within_the_flush_interval() -> None:
         log.write("req_1 POST /v1 200")
         log.write("req_1 POST /v1 200")
         assert stream.getvalue() == ""  # not yet: one write for the batch
-        await asyncio.sleep(AccessLog.FLUSH_S + 0.1)
-        lines = stream.getvalue().splitlines()
+        written = await until(stream.getvalue, AccessLog.FLUSH_S + 0.1, "the flush")
+        lines = written.splitlines()
     assert len(lines) == 2 and all(LINE.match(line) for line in lines), lines
 
 
@@ -80,12 +81,15 @@ def test_a_level_above_info_silences_it() -> None:
 def test_a_flush_due_on_a_loop_that_ended_is_scheduled_again() -> None:
     log = AccessLog()
 
-    async def write(wait_s: float) -> None:
+    async def write() -> None:
         log.write("req_1 POST /v1 200")
-        await asyncio.sleep(wait_s)
+
+    async def write_and_wait(stream: io.StringIO) -> None:
+        log.write("req_1 POST /v1 200")
+        await until(lambda: stream.getvalue().count("\n") >= 2, AccessLog.FLUSH_S + 0.1, "both")
 
     with configured() as stream:
-        asyncio.run(write(0))  # the loop ends before its flush is due
-        asyncio.run(write(AccessLog.FLUSH_S + 0.1))  # a new loop: the next line schedules one
+        asyncio.run(write())  # the loop ends before its flush is due
+        asyncio.run(write_and_wait(stream))  # a new loop: the next line schedules one
         lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and all(LINE.match(line) for line in lines), lines
