@@ -23,72 +23,67 @@ Ignored = type[BaseException] | tuple[type[BaseException], ...]
 
 
 @overload
-async def until(
-    check: Callable[[], Awaitable[T]],
-    timeout_s: float = ...,
-    what: str = ...,
-    interval_s: float = ...,
-    ignore: Ignored = ...,
-) -> T: ...
+async def until(check: Callable[[], Awaitable[T]], *args: Any, **kw: Any) -> T: ...
 
 
 @overload
-async def until(
-    check: Callable[[], T],
-    timeout_s: float = ...,
-    what: str = ...,
-    interval_s: float = ...,
-    ignore: Ignored = ...,
-) -> T: ...
+async def until(check: Callable[[], T], *args: Any, **kw: Any) -> T: ...
 
 
-async def until(
-    check: Callable[[], Any],
-    timeout_s: float = 5.0,
-    what: str = "condition",
-    interval_s: float = INTERVAL_S,
-    ignore: Ignored = (),
-) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        last: object
+async def until(check: Callable[[], Any], *args: Any, **kw: Any) -> Any:
+    """`_Poll`'s arguments: timeout_s=5.0, what="condition", interval_s, ignore=()."""
+    poll = _Poll(*args, **kw)
+    while not await poll.done_async(check):  # noqa: ASYNC110 (polling is the point)
+        await asyncio.sleep(poll.interval_s)
+    return poll.value
+
+
+def until_sync(check: Callable[[], T], *args: Any, **kw: Any) -> T:
+    """The same without an event loop."""
+    poll = _Poll(*args, **kw)
+    while not poll.done(check):
+        time.sleep(poll.interval_s)
+    value: T = poll.value
+    return value
+
+
+class _Poll:
+    """One wait: judges each try, keeps the truthy value, fails the test past the deadline."""
+
+    def __init__(
+        self,
+        timeout_s: float = 5.0,
+        what: str = "condition",
+        interval_s: float = INTERVAL_S,
+        ignore: Ignored = (),
+    ) -> None:
+        self._deadline = time.monotonic() + timeout_s
+        self._timeout_s = timeout_s
+        self._what = what
+        self.interval_s = interval_s
+        self._ignore = ignore
+        self.value: Any = None
+
+    def done(self, check: Callable[[], Any]) -> bool:
+        try:
+            return self._judge(check())
+        except self._ignore as exc:
+            return self._judge(None, exc)
+
+    async def done_async(self, check: Callable[[], Any]) -> bool:
         try:
             value = check()
-            if inspect.isawaitable(value):
-                value = await value
-        except ignore as exc:
-            last = exc
-        else:
-            if value:
-                return value
-            last = value
-        if time.monotonic() >= deadline:
-            raise AssertionError(_failure(what, timeout_s, last))
-        await asyncio.sleep(interval_s)
+            return self._judge(await value if inspect.isawaitable(value) else value)
+        except self._ignore as exc:
+            return self._judge(None, exc)
 
-
-def until_sync(
-    check: Callable[[], T],
-    timeout_s: float = 5.0,
-    what: str = "condition",
-    interval_s: float = INTERVAL_S,
-    ignore: Ignored = (),
-) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        last: object
-        try:
-            value = check()
-        except ignore as exc:
-            last = exc
-        else:
-            if value:
-                return value
-            last = value
-        if time.monotonic() >= deadline:
-            raise AssertionError(_failure(what, timeout_s, last))
-        time.sleep(interval_s)
-
-
-def _failure(what: str, timeout_s: float, last: object) -> str:
-    return f"{what} not reached within {timeout_s:g}s (last: {last!r})"
+    def _judge(self, value: Any, error: BaseException | None = None) -> bool:
+        if error is None and value:
+            self.value = value
+            return True
+        if time.monotonic() >= self._deadline:
+            last = value if error is None else error
+            raise AssertionError(
+                f"{self._what} not reached within {self._timeout_s:g}s (last: {last!r})"
+            )
+        return False
