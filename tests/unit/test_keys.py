@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_settings
-from gateway.keys import KeyEditError, add_to_config, hash_key, new_key
+from gateway.config_edit import KeyEditError, add_to_config
+from gateway.keys import hash_key, new_key
 from tests.procs import ROOT
 
 CONFIG = """\
