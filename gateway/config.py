@@ -60,7 +60,7 @@ def _coerce(kind: type, value: Any) -> Any:
     return value
 
 
-def _says(what: str, kind: type) -> WrapValidator:
+def _says(what: str, kind: type = str) -> WrapValidator:
     """A refused value reads `must be <what>, got <value as written>`, whatever refused it."""
 
     def check(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -83,7 +83,7 @@ def _list(value: Any) -> Any:  # tuples and sets come from code, never from YAML
 def _nodes(value: Any) -> Any:  # "host:port" strings in YAML, (host, port) pairs in code
     nodes = []
     for node in _list(value):
-        host, _, port = node if isinstance(node, tuple) else str(node).rpartition(":")
+        host, port = node if isinstance(node, tuple) else str(node).rpartition(":")[::2]
         if not host or not str(port).isdigit():
             raise ValueError(f"each node must be 'host:port', got {node!r}")
         nodes.append((host, int(port)))
@@ -108,13 +108,9 @@ Price = Annotated[
     float, Field(strict=True, ge=0), _says("a price >= 0 (USD per million tokens)", float)
 ]
 Flag = Annotated[bool, Field(strict=True), _says("true or false", bool)]
-Text = Annotated[str, Field(strict=True, pattern=r"\S"), _says("a non-empty string", str)]
-Project = Annotated[
-    str, Field(strict=True, pattern="^[^/]+/[^/]+$"), _says("'<entity>/<project>'", str)
-]
-KeyHash = Annotated[
-    str, Field(strict=True, pattern=f"^{KEY_HASH_RE.pattern}$"), _says(NOT_A_HASH, str)
-]
+Text = Annotated[str, Field(strict=True, pattern=r"\S"), _says("a non-empty string")]
+Project = Annotated[str, Field(strict=True, pattern="^[^/]+/[^/]+$"), _says("'<entity>/<project>'")]
+KeyHash = Annotated[str, Field(strict=True, pattern=f"^{KEY_HASH_RE.pattern}$"), _says(NOT_A_HASH)]
 KeyHashes = Annotated[
     frozenset[Annotated[KeyHash, AfterValidator(str.lower)]], BeforeValidator(_list)
 ]
@@ -139,7 +135,7 @@ class UpstreamSettings(_Strict):
     base_url: Annotated[
         str,
         Field(strict=True, pattern="^https?://[^/]"),
-        _says("an http(s) URL", str),
+        _says("an http(s) URL"),
         AfterValidator(lambda url: url.rstrip("/")),
     ]
     retries: Count = 3
@@ -161,14 +157,12 @@ class SentinelSettings(_Strict):
 
 
 class LimiterSettings(_Strict):
-    backend: Annotated[Literal["memory", "redis"], _says("one of memory, redis", str)] = "memory"
+    backend: Annotated[Literal["memory", "redis"], _says("one of memory, redis")] = "memory"
     queue_timeout_s: PositiveNumber = 60.0
     redis_url: Text = "redis://127.0.0.1:6379/0"
     lease_ttl_s: PositiveNumber = 30.0
     key_prefix: Text = "igw"
-    on_redis_error: Annotated[Literal["local", "reject"], _says("one of local, reject", str)] = (
-        "local"
-    )
+    on_redis_error: Annotated[Literal["local", "reject"], _says("one of local, reject")] = "local"
     sentinel: SentinelSettings | None = None
     # Redis backend: a released slot stays with its replica this long for the tenant's next
     # request (no round trip), unless someone in the account waits; 0 gives it back at once.
@@ -250,7 +244,8 @@ class _TenantEntry(_Strict):
                 f"cannot read {file} ({exc.strerror}); "
                 f"create it with `inference-gateway keys new --save {file}`"
             ) from None
-        hashes = {n: h for n, line in enumerate(lines, 1) if (h := line.strip())[:1] not in "#"}
+        stripped = {n: line.strip() for n, line in enumerate(lines, 1)}
+        hashes = {n: h for n, h in stripped.items() if h and not h.startswith("#")}
         if bad := [str(n) for n, h in hashes.items() if not KEY_HASH_RE.fullmatch(h)]:
             raise ValueError(f"{file} line {', '.join(bad)}: {NOT_A_HASH}")
         return str(file), frozenset(h.lower() for h in hashes.values())
