@@ -4,140 +4,61 @@
 problem found, each naming the file, the key path (`tenants.search.account`) and what is wrong.
 
 Strings may use `${VAR}` and `${VAR:-default}`; substitution happens after YAML parsing, on
-scalar strings only, so an environment value can never inject YAML structure. Values may thus
-arrive as strings, hence "8080" is a count and "yes" a flag. Each section and entry is a pydantic
-model checked on its own, so one bad entry hides no other's problems. Unknown keys are errors:
-in a config file they are almost always typos.
+scalar strings only, so an environment value can never inject YAML structure; what each field
+then takes is gateway.config_types'. Each section and entry is a pydantic model checked on its
+own, so one bad entry hides no other's problems. Unknown keys are errors: in a config file they
+are almost always typos.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, cast, get_args
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
     field_validator,
     model_validator,
 )
 
+from gateway.config_types import (
+    HASH,
+    Count,
+    Entries,
+    Flag,
+    KeyHashes,
+    Nodes,
+    PositiveInt,
+    PositiveNumber,
+    Price,
+    Project,
+    Projects,
+    Seconds,
+    Section,
+    Text,
+    Texts,
+    Url,
+    coerce,
+    key_path,
+    problem,
+    says,
+)
 from gateway.keys import KEY_HASH_RE
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-NOT_A_HASH = (  # no "got ...": the value may be a plaintext key
-    "must be 'sha256:<64 hex digits>' (keys are stored only as hashes; "
-    "`inference-gateway keys new` prints one)"
-)
-_FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 M = TypeVar("M", bound=BaseModel)
 
 
-def _coerce(kind: type, value: Any) -> Any:
-    """The forms YAML and ${VAR}s give `kind`: "8080", "0.5", "yes", and 2024 as a name. Anything
-    else is left as it is, for the strict type to refuse (a bool is not a number)."""
-    if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    if kind is int and isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    if kind is bool and isinstance(value, str):
-        return _FLAGS.get(value.lower(), value)
-    with contextlib.suppress(ValueError):
-        return float(value) if kind is float and isinstance(value, str) else value
-    return value
-
-
-def _says(what: str, kind: type = str) -> WrapValidator:
-    """A refused value reads `must be <what>, got <value as written>`, whatever refused it."""
-
-    def check(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        try:
-            return handler(_coerce(kind, value))
-        except (ValidationError, ValueError, TypeError):
-            raise ValueError(
-                what if what == NOT_A_HASH else f"must be {what}, got {value!r}"
-            ) from None
-
-    return WrapValidator(check)
-
-
-def _list(value: Any) -> Any:  # tuples and sets come from code, never from YAML
-    if isinstance(value, list | tuple | set | frozenset):
-        return value
-    raise ValueError(f"must be a list of strings, got {type(value).__name__}")
-
-
-def _nodes(value: Any) -> Any:  # "host:port" strings in YAML, (host, port) pairs in code
-    nodes = []
-    for node in _list(value):
-        host, port = node if isinstance(node, tuple) else str(node).rpartition(":")[::2]
-        if not host or not str(port).isdigit():
-            raise ValueError(f"each node must be 'host:port', got {node!r}")
-        nodes.append((host, int(port)))
-    if not nodes:
-        raise ValueError("must list at least one sentinel 'host:port'")
-    return nodes
-
-
-def _as_mapping(data: Any) -> Any:
-    if data is None:  # `limiter:` with nothing under it: every default
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"must be a mapping, got {type(data).__name__}")
-    return data
-
-
-Count = Annotated[int, Field(strict=True, ge=0), _says("a non-negative integer", int)]
-PositiveInt = Annotated[int, Field(strict=True, gt=0), _says("a positive integer", int)]
-Seconds = Annotated[float, Field(strict=True, ge=0), _says("a number >= 0", float)]
-PositiveNumber = Annotated[float, Field(strict=True, gt=0), _says("a positive number", float)]
-Price = Annotated[
-    float, Field(strict=True, ge=0), _says("a price >= 0 (USD per million tokens)", float)
-]
-Flag = Annotated[bool, Field(strict=True), _says("true or false", bool)]
-Text = Annotated[str, Field(strict=True, pattern=r"\S"), _says("a non-empty string")]
-Project = Annotated[str, Field(strict=True, pattern="^[^/]+/[^/]+$"), _says("'<entity>/<project>'")]
-KeyHash = Annotated[str, Field(strict=True, pattern=f"^{KEY_HASH_RE.pattern}$"), _says(NOT_A_HASH)]
-KeyHashes = Annotated[
-    frozenset[Annotated[KeyHash, AfterValidator(str.lower)]], BeforeValidator(_list)
-]
-Texts = Annotated[tuple[Text, ...], BeforeValidator(_list)]
-Entries = Annotated[dict[str, Any], BeforeValidator(_as_mapping)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _mapping(cls, data: Any) -> Any:
-        fields = cls.model_fields  # `key: ~` is the key left out, unless None is its default
-        items = _as_mapping(data).items()
-        return {
-            k: v for k, v in items if v is not None or k not in fields or fields[k].default is None
-        }
-
-
-class UpstreamSettings(_Strict):
-    base_url: Annotated[
-        str,
-        Field(strict=True, pattern="^https?://[^/]"),
-        _says("an http(s) URL"),
-        AfterValidator(lambda url: url.rstrip("/")),
-    ]
+class UpstreamSettings(Section):
+    base_url: Url
     retries: Count = 3
     connect_timeout_s: PositiveNumber = 10.0
     # Reasoning models can think for minutes before the first byte: long by default.
@@ -148,28 +69,28 @@ class UpstreamSettings(_Strict):
     max_connections: PositiveInt = 1000
 
 
-class SentinelSettings(_Strict):
+class SentinelSettings(Section):
     """Redis Sentinel: the limiter asks these sentinels where the current master is."""
 
     master: Text
-    nodes: Annotated[tuple[tuple[str, int], ...], BeforeValidator(_nodes)]
+    nodes: Nodes
     password: Text | None = Field(default=None, repr=False)
 
 
-class LimiterSettings(_Strict):
-    backend: Annotated[Literal["memory", "redis"], _says("one of memory, redis")] = "memory"
+class LimiterSettings(Section):
+    backend: Annotated[Literal["memory", "redis"], says("one of memory, redis")] = "memory"
     queue_timeout_s: PositiveNumber = 60.0
     redis_url: Text = "redis://127.0.0.1:6379/0"
     lease_ttl_s: PositiveNumber = 30.0
     key_prefix: Text = "igw"
-    on_redis_error: Annotated[Literal["local", "reject"], _says("one of local, reject")] = "local"
+    on_redis_error: Annotated[Literal["local", "reject"], says("one of local, reject")] = "local"
     sentinel: SentinelSettings | None = None
     # Redis backend: a released slot stays with its replica this long for the tenant's next
     # request (no round trip), unless someone in the account waits; 0 gives it back at once.
     keep_slots_s: Seconds = 1.0
 
 
-class ServerSettings(_Strict):
+class ServerSettings(Section):
     host: Text = "127.0.0.1"
     port: PositiveInt = 8080
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
@@ -181,7 +102,7 @@ class ServerSettings(_Strict):
     reload_poll_s: Seconds = 1.0
 
 
-class _AccountEntry(_Strict):  # as written: the name is its key under `accounts`
+class _AccountEntry(Section):  # as written: the name is its key under `accounts`
     api_key: Text = Field(repr=False)
     max_concurrency: PositiveInt
 
@@ -190,7 +111,7 @@ class Account(_AccountEntry):
     name: str
 
 
-class _ModelEntry(_Strict):
+class _ModelEntry(Section):
     input_usd_per_mtok: Price | None = None
     output_usd_per_mtok: Price | None = None
     aliases: Texts = ()
@@ -200,7 +121,7 @@ class Model(_ModelEntry):
     id: str
 
 
-class Tenant(_Strict):
+class Tenant(Section):
     name: str
     key_hashes: frozenset[str] = Field(repr=False)
     account: str
@@ -216,7 +137,7 @@ def _context(info: ValidationInfo) -> tuple[Path, Mapping[str, Account | None]]:
     return cast(tuple[Path, Mapping[str, Account | None]], info.context)
 
 
-class _TenantEntry(_Strict):
+class _TenantEntry(Section):
     """A tenant as written; validated with the context (config dir, {account: Account | None})."""
 
     keys: KeyHashes | None = None
@@ -225,14 +146,14 @@ class _TenantEntry(_Strict):
     project: Project
     max_concurrency: PositiveInt | None = None  # None: the whole account
     models: Texts | None = None  # None: every model
-    projects: Annotated[frozenset[Project], BeforeValidator(_list)] = frozenset()
+    projects: Projects = frozenset()
     weight: PositiveInt = 1
     monthly_budget_usd: PositiveNumber | None = None
 
     @field_validator("keys_file", mode="before")
     @classmethod
     def _read(cls, name: Any, info: ValidationInfo) -> tuple[str, frozenset[str]]:
-        if not isinstance(name := _coerce(str, name), str) or not name.strip():
+        if not isinstance(name := coerce(str, name), str) or not name.strip():
             raise ValueError(f"must be a non-empty string, got {name!r}")
         file = _context(info)[0] / name  # an absolute name stays as it is
         try:
@@ -247,7 +168,7 @@ class _TenantEntry(_Strict):
         stripped = {n: line.strip() for n, line in enumerate(lines, 1)}
         hashes = {n: h for n, h in stripped.items() if h and not h.startswith("#")}
         if bad := [str(n) for n, h in hashes.items() if not KEY_HASH_RE.fullmatch(h)]:
-            raise ValueError(f"{file} line {', '.join(bad)}: {NOT_A_HASH}")
+            raise ValueError(f"{file} line {', '.join(bad)}: must be {HASH}")
         return str(file), frozenset(h.lower() for h in hashes.values())
 
     @field_validator("account")
@@ -261,7 +182,7 @@ class _TenantEntry(_Strict):
     @field_validator("max_concurrency")
     @classmethod
     def _share(cls, limit: int | None, info: ValidationInfo) -> int | None:
-        account = _context(info)[1].get(info.data.get("account", ""))
+        account = _context(info)[1].get(info.data.get("account", ""))  # if it is valid
         if account and limit and limit > account.max_concurrency:
             raise ValueError(
                 f"{limit} exceeds account {account.name!r}'s max_concurrency "
@@ -280,31 +201,30 @@ class _TenantEntry(_Strict):
         return (self.keys or frozenset()) | (self.keys_file[1] if self.keys_file else frozenset())
 
     def tenant(self, name: str, account: Account, aliases: Mapping[str, str]) -> Tenant:
+        limit = account.max_concurrency if self.max_concurrency is None else self.max_concurrency
+        models = None if self.models is None else frozenset(aliases.get(m, m) for m in self.models)
+        same = {"account", "project", "projects", "weight", "monthly_budget_usd"}
         return Tenant(
             name=name,
             key_hashes=self.hashes,
-            max_concurrency=self.max_concurrency or account.max_concurrency,
-            models=None
-            if self.models is None
-            else frozenset(aliases.get(m, m) for m in self.models),
-            **self.model_dump(
-                include={"account", "project", "projects", "weight", "monthly_budget_usd"}
-            ),
+            max_concurrency=limit,
+            models=models,
+            **self.model_dump(include=same),
         )
 
 
-class _Document(_Strict):
+class _Document(Section):
     """The top level; the entries of accounts, models and tenants are checked one by one."""
 
     upstream: Annotated[UpstreamSettings, Field(default_factory=dict, validate_default=True)]
     limiter: LimiterSettings = LimiterSettings()
     server: ServerSettings = ServerSettings()
-    accounts: Entries = {}
-    tenants: Entries = {}
-    models: Entries = {}
+    accounts: Entries = Field(default_factory=dict)
+    tenants: Entries = Field(default_factory=dict)
+    models: Entries = Field(default_factory=dict)
 
 
-class Settings(_Strict):
+class Settings(Section):
     upstream: UpstreamSettings
     limiter: LimiterSettings
     server: ServerSettings
@@ -350,7 +270,7 @@ class _Problems(list[str]):
         if isinstance(value, str):
             return VAR_RE.sub(lambda m: self._variable(m, path), value)
         if isinstance(value, dict):
-            return {str(k): self.substitute(v, _path(path, [str(k)])) for k, v in value.items()}
+            return {str(k): self.substitute(v, key_path(path, [str(k)])) for k, v in value.items()}
         if isinstance(value, list):
             return [self.substitute(v, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
@@ -371,7 +291,7 @@ class _Problems(list[str]):
             return model.model_validate(data, context=context)
         except ValidationError as exc:
             for error in exc.errors():
-                self.add(_path(path, error["loc"]) or "<top>", _message(model, error))
+                self.add(key_path(path, error["loc"]) or "<top>", problem(model, error))
             return None
 
     def entries(
@@ -381,25 +301,6 @@ class _Problems(list[str]):
         found = doc.get(section) if isinstance(doc, dict) else None
         found = found.items() if isinstance(found, dict) else ()
         return {name: self.check(model, body, f"{section}.{name}", context) for name, body in found}
-
-
-def _path(path: str, loc: Iterable[int | str]) -> str:
-    for part in loc:
-        path = f"{path}[{part}]" if isinstance(part, int) else f"{path}.{part}" if path else part
-    return path
-
-
-def _message(model: type[BaseModel], error: Mapping[str, Any]) -> str:
-    if error["type"] == "missing":
-        return "is required"
-    if error["type"] == "value_error":
-        return str(error["ctx"]["error"])
-    if error["type"] == "extra_forbidden":  # the hint lists the fields of the model holding it
-        for key in error["loc"][:-1]:
-            hint = model.model_fields[key].annotation
-            model = next(t for t in (hint, *get_args(hint)) if isinstance(t, type))
-        return f"unknown key (allowed: {', '.join(sorted(model.model_fields))})"
-    return str(error["msg"])
 
 
 def parse_settings(
