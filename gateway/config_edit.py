@@ -65,6 +65,8 @@ def add_to_config(path: Path, tenant: str, digest: str) -> Path:
     start, end = _add_key(entry, DoubleQuotedScalarString(digest))
     out = io.StringIO()
     yaml.dump(document, out)
+    # Only the lines of the tenant's `keys` may change: a file ruamel would write differently
+    # elsewhere (two block-list styles, say) is left to the user rather than reformatted.
     old, new = text.splitlines(), out.getvalue().splitlines()
     tail = len(old) - end
     if old[:start] != new[:start] or old[len(old) - tail :] != new[len(new) - tail :]:
