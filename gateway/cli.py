@@ -14,7 +14,8 @@ from pathlib import Path
 
 from gateway import logs
 from gateway.config import ConfigError, Settings, config_path, load_settings
-from gateway.keys import KeyEditError, add_to_config, hash_key, new_key
+from gateway.config_edit import KeyEditError, add_to_config
+from gateway.keys import hash_key, new_key
 
 logger = logging.getLogger("gateway")
 

@@ -4,101 +4,126 @@
 problem found, each naming the file, the key path (`tenants.search.account`) and what is wrong.
 
 Strings may use `${VAR}` and `${VAR:-default}`; substitution happens after YAML parsing, on
-scalar strings only, so an environment value can never inject YAML structure. Unknown keys are
-errors: in a config file they are almost always typos.
+scalar strings only, so an environment value can never inject YAML structure; what each field
+then takes is gateway.config_types'. Each section and entry is a pydantic model checked on its
+own, so one bad entry hides no other's problems. Unknown keys are errors: in a config file they
+are almost always typos.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import yaml
-
-from gateway.keys import KEY_HASH_RE
-from gateway.validation import (
-    Checker,
-    boolean,
-    choice,
-    host_ports,
-    http_url,
-    non_negative,
-    non_negative_int,
-    positive_int,
-    positive_number,
-    price,
-    project,
-    project_list,
-    text,
-    text_list,
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 
+from gateway.config_types import (
+    HASH,
+    Count,
+    Entries,
+    Flag,
+    KeyHashes,
+    Nodes,
+    PositiveInt,
+    PositiveNumber,
+    Price,
+    Project,
+    Projects,
+    Seconds,
+    Section,
+    Text,
+    Texts,
+    Url,
+    coerce,
+    key_path,
+    problem,
+    says,
+)
+from gateway.keys import KEY_HASH_RE
+
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
+VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+M = TypeVar("M", bound=BaseModel)
 
 
-@dataclass(frozen=True)
-class UpstreamSettings:
-    base_url: str
-    retries: int = 3
-    connect_timeout_s: float = 10.0
+class UpstreamSettings(Section):
+    base_url: Url
+    retries: Count = 3
+    connect_timeout_s: PositiveNumber = 10.0
     # Reasoning models can think for minutes before the first byte: long by default.
-    read_timeout_s: float = 600.0
-    backoff_base_s: float = 0.25
-    backoff_max_s: float = 4.0
-    models_cache_ttl_s: float = 60.0
-    max_connections: int = 1000
+    read_timeout_s: PositiveNumber = 600.0
+    backoff_base_s: PositiveNumber = 0.25
+    backoff_max_s: PositiveNumber = 4.0
+    models_cache_ttl_s: PositiveNumber = 60.0
+    max_connections: PositiveInt = 1000
 
 
-@dataclass(frozen=True)
-class SentinelSettings:
+class SentinelSettings(Section):
     """Redis Sentinel: the limiter asks these sentinels where the current master is."""
 
-    master: str
-    nodes: tuple[tuple[str, int], ...]
-    password: str | None = field(default=None, repr=False)
+    master: Text
+    nodes: Nodes
+    password: Text | None = Field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
-class LimiterSettings:
-    backend: Literal["memory", "redis"] = "memory"
-    queue_timeout_s: float = 60.0
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    lease_ttl_s: float = 30.0
-    key_prefix: str = "igw"
-    on_redis_error: Literal["local", "reject"] = "local"
+class LimiterSettings(Section):
+    backend: Annotated[Literal["memory", "redis"], says("one of memory, redis")] = "memory"
+    queue_timeout_s: PositiveNumber = 60.0
+    redis_url: Text = "redis://127.0.0.1:6379/0"
+    lease_ttl_s: PositiveNumber = 30.0
+    key_prefix: Text = "igw"
+    on_redis_error: Annotated[Literal["local", "reject"], says("one of local, reject")] = "local"
     sentinel: SentinelSettings | None = None
     # Redis backend: a released slot stays with its replica this long for the tenant's next
     # request (no round trip), unless someone in the account waits; 0 gives it back at once.
-    keep_slots_s: float = 1.0
+    keep_slots_s: Seconds = 1.0
 
 
-@dataclass(frozen=True)
-class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_body_bytes: int = 32 * 1024 * 1024
-    admin_keys: frozenset[str] = frozenset()
-    access_log: bool = True
+class ServerSettings(Section):
+    host: Text = "127.0.0.1"
+    port: PositiveInt = 8080
+    max_body_bytes: PositiveInt = 32 * 1024 * 1024
+    admin_keys: KeyHashes = frozenset()
+    access_log: Flag = True
     # On SIGTERM: how long in-flight requests and streams may take to finish before exit.
-    shutdown_grace_s: float = 30.0
+    shutdown_grace_s: PositiveNumber = 30.0
     # How often the config file (and keys files) are checked for changes; 0 turns it off.
-    reload_poll_s: float = 1.0
+    reload_poll_s: Seconds = 1.0
 
 
-@dataclass(frozen=True)
-class Account:
+class _AccountEntry(Section):  # as written: the name is its key under `accounts`
+    api_key: Text = Field(repr=False)
+    max_concurrency: PositiveInt
+
+
+class Account(_AccountEntry):
     name: str
-    api_key: str = field(repr=False)
-    max_concurrency: int
 
 
-@dataclass(frozen=True)
-class Tenant:
+class _ModelEntry(Section):
+    input_usd_per_mtok: Price | None = None
+    output_usd_per_mtok: Price | None = None
+    aliases: Texts = ()
+
+
+class Model(_ModelEntry):
+    id: str
+
+
+class Tenant(Section):
     name: str
-    key_hashes: frozenset[str] = field(repr=False)
+    key_hashes: frozenset[str] = Field(repr=False)
     account: str
     project: str
     max_concurrency: int
@@ -108,16 +133,98 @@ class Tenant:
     monthly_budget_usd: float | None = None
 
 
-@dataclass(frozen=True)
-class Model:
-    id: str
-    input_usd_per_mtok: float | None = None
-    output_usd_per_mtok: float | None = None
-    aliases: tuple[str, ...] = ()
+def _context(info: ValidationInfo) -> tuple[Path, Mapping[str, Account | None]]:
+    return cast(tuple[Path, Mapping[str, Account | None]], info.context)
 
 
-@dataclass(frozen=True)
-class Settings:
+class _TenantEntry(Section):
+    """A tenant as written; validated with the context (config dir, {account: Account | None})."""
+
+    keys: KeyHashes | None = None
+    keys_file: tuple[str, frozenset[str]] | None = None  # (the file, resolved; its hashes)
+    account: Text
+    project: Project
+    max_concurrency: PositiveInt | None = None  # None: the whole account
+    models: Texts | None = None  # None: every model
+    projects: Projects = frozenset()
+    weight: PositiveInt = 1
+    monthly_budget_usd: PositiveNumber | None = None
+
+    @field_validator("keys_file", mode="before")
+    @classmethod
+    def _read(cls, name: Any, info: ValidationInfo) -> tuple[str, frozenset[str]]:
+        if not isinstance(name := coerce(str, name), str) or not name.strip():
+            raise ValueError(f"must be a non-empty string, got {name!r}")
+        file = _context(info)[0] / name  # an absolute name stays as it is
+        try:
+            lines = file.read_text().splitlines()
+        except UnicodeDecodeError:
+            raise ValueError(f"{file} is not UTF-8 text") from None
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read {file} ({exc.strerror}); "
+                f"create it with `inference-gateway keys new --save {file}`"
+            ) from None
+        stripped = {n: line.strip() for n, line in enumerate(lines, 1)}
+        hashes = {n: h for n, h in stripped.items() if h and not h.startswith("#")}
+        if bad := [str(n) for n, h in hashes.items() if not KEY_HASH_RE.fullmatch(h)]:
+            raise ValueError(f"{file} line {', '.join(bad)}: must be {HASH}")
+        return str(file), frozenset(h.lower() for h in hashes.values())
+
+    @field_validator("account")
+    @classmethod
+    def _known(cls, name: str, info: ValidationInfo) -> str:
+        if name not in (accounts := _context(info)[1]):
+            known = ", ".join(sorted(accounts)) or "none"
+            raise ValueError(f"unknown account {name!r} (known: {known})")
+        return name
+
+    @field_validator("max_concurrency")
+    @classmethod
+    def _share(cls, limit: int | None, info: ValidationInfo) -> int | None:
+        account = _context(info)[1].get(info.data.get("account", ""))  # if it is valid
+        if account and limit and limit > account.max_concurrency:
+            raise ValueError(
+                f"{limit} exceeds account {account.name!r}'s max_concurrency "
+                f"({account.max_concurrency}); a tenant's share cannot be larger than the account"
+            )
+        return limit
+
+    @model_validator(mode="after")
+    def _has_keys(self) -> _TenantEntry:
+        if "keys" not in self.model_fields_set and self.keys_file is None:
+            raise ValueError("needs `keys` (a list of sha256 hashes) or `keys_file`")
+        return self
+
+    @property
+    def hashes(self) -> frozenset[str]:
+        return (self.keys or frozenset()) | (self.keys_file[1] if self.keys_file else frozenset())
+
+    def tenant(self, name: str, account: Account, aliases: Mapping[str, str]) -> Tenant:
+        limit = account.max_concurrency if self.max_concurrency is None else self.max_concurrency
+        models = None if self.models is None else frozenset(aliases.get(m, m) for m in self.models)
+        same = {"account", "project", "projects", "weight", "monthly_budget_usd"}
+        return Tenant(
+            name=name,
+            key_hashes=self.hashes,
+            max_concurrency=limit,
+            models=models,
+            **self.model_dump(include=same),
+        )
+
+
+class _Document(Section):
+    """The top level; the entries of accounts, models and tenants are checked one by one."""
+
+    upstream: Annotated[UpstreamSettings, Field(default_factory=dict, validate_default=True)]
+    limiter: LimiterSettings = LimiterSettings()
+    server: ServerSettings = ServerSettings()
+    accounts: Entries = Field(default_factory=dict)
+    tenants: Entries = Field(default_factory=dict)
+    models: Entries = Field(default_factory=dict)
+
+
+class Settings(Section):
     upstream: UpstreamSettings
     limiter: LimiterSettings
     server: ServerSettings
@@ -125,14 +232,12 @@ class Settings:
     tenants: Mapping[str, Tenant]
     models: Mapping[str, Model]
     source: str = "<memory>"
-    aliases: Mapping[str, str] = field(default_factory=dict)  # alias -> upstream id
-    tenant_by_key_hash: Mapping[str, Tenant] = field(default_factory=dict, repr=False)
+    aliases: Mapping[str, str] = Field(default_factory=dict)  # alias -> upstream id
+    tenant_by_key_hash: Mapping[str, Tenant] = Field(default_factory=dict, repr=False)
     files: tuple[str, ...] = ()  # the config file and every keys_file: what a reload watches
     # Keys already checked against `tenant_by_key_hash`: a dict lookup instead of a SHA-256 a
     # request. Only valid keys enter, so it is bounded by the config; a reload starts afresh.
-    known_keys: dict[str, Tenant] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    known_keys: dict[str, Tenant] = Field(default_factory=dict, repr=False, exclude=True)
 
     def resolve_model(self, name: str) -> str:
         return self.aliases.get(name, name)
@@ -147,276 +252,130 @@ class ConfigError(Exception):
         super().__init__("\n".join(f"{source}: {p}" for p in problems))
 
 
-def _key_hashes(checker: Checker, path: str, values: list[str]) -> set[str]:
-    hashes: set[str] = set()
-    for i, value in enumerate(values):
-        if KEY_HASH_RE.fullmatch(value):
-            hashes.add(value.lower())
-        else:
-            checker.fail(
-                f"{path}[{i}]",
-                "must be 'sha256:<64 hex digits>' (keys are stored only as hashes; "
-                "`inference-gateway keys new` prints one)",
-            )
-    return hashes
+class _Problems(list[str]):
+    """Every problem found, `key.path: what is wrong`. A path whose ${VAR} is unset reports only
+    that: what else is wrong with its value ("") follows from it."""
 
+    def __init__(self, env: Mapping[str, str]) -> None:
+        super().__init__()
+        self.env = env
+        self.unset: set[str] = set()
 
-def _names(section: Any) -> set[str]:
-    """The entries of a section keyed by name (any name goes; `section()` checks the type)."""
-    return set(section) if isinstance(section, dict) else set()
+    def add(self, path: str, message: str) -> None:
+        if path not in self.unset:
+            self.append(f"{path}: {message}")
 
+    def substitute(self, value: Any, path: str) -> Any:
+        """${VAR}s replaced in every string; keys made strings (`1:` is named "1")."""
+        if isinstance(value, str):
+            return VAR_RE.sub(lambda m: self._variable(m, path), value)
+        if isinstance(value, dict):
+            return {str(k): self.substitute(v, key_path(path, [str(k)])) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.substitute(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
 
-def _read_keys_file(checker: Checker, path: str, file: Path) -> list[str]:
-    try:
-        content = file.read_text()
-    except UnicodeDecodeError:
-        checker.fail(path, f"{file} is not UTF-8 text")
-        return []
-    except OSError as exc:
-        checker.fail(
-            path,
-            f"cannot read {file} ({exc.strerror}); create it with "
-            f"`inference-gateway keys new --save {file}`",
-        )
-        return []
-    lines = [line.strip() for line in content.splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
+    def _variable(self, match: re.Match[str], path: str) -> str:
+        name, default = match.group(1), match.group(2)
+        value = self.env.get(name)
+        if value or (value is not None and default is None):
+            return value
+        if default is not None:  # as in the shell: unset or empty takes the default
+            return default
+        self.add(path, f"environment variable {name} is not set (and has no default)")
+        self.unset.add(path)
+        return ""
+
+    def check(self, model: type[M], data: Any, path: str, context: Any = None) -> M | None:
+        try:
+            return model.model_validate(data, context=context)
+        except ValidationError as exc:
+            for error in exc.errors():
+                self.add(key_path(path, error["loc"]) or "<top>", problem(model, error))
+            return None
+
+    def entries(
+        self, model: type[M], doc: Any, section: str, context: Any = None
+    ) -> dict[str, M | None]:
+        """Each entry of a section checked on its own: name -> the entry, None if invalid."""
+        found = doc.get(section) if isinstance(doc, dict) else None
+        found = found.items() if isinstance(found, dict) else ()
+        return {name: self.check(model, body, f"{section}.{name}", context) for name, body in found}
 
 
 def parse_settings(
     raw: Any, *, source: str = "<memory>", env: Mapping[str, str] | None = None
 ) -> Settings:
     """Validate an already-parsed YAML document; raise ConfigError with every problem."""
-    c = Checker(os.environ if env is None else env)
+    problems = _Problems(os.environ if env is None else env)
+    doc = problems.substitute(raw, "")
+    top = problems.check(_Document, doc, "")
+    accounts = {
+        name: Account(name=name, **dict(entry)) if entry else None
+        for name, entry in problems.entries(_AccountEntry, doc, "accounts").items()
+    }
+    if not accounts:
+        problems.add("accounts", "at least one account (a W&B API key) is required")
+    models = problems.entries(_ModelEntry, doc, "models")
+    aliases = _aliases(problems, models)
     base_dir = Path(source).parent if source != "<memory>" else Path.cwd()
-    top = c.section(
-        c.substitute(raw, ""),
-        "",
-        {"upstream", "limiter", "server", "accounts", "tenants", "models"},
-    )
-
-    up = c.section(
-        top.get("upstream"),
-        "upstream",
-        {
-            "base_url",
-            "retries",
-            "connect_timeout_s",
-            "read_timeout_s",
-            "backoff_base_s",
-            "backoff_max_s",
-            "models_cache_ttl_s",
-            "max_connections",
-        },
-    )
-    d_up = UpstreamSettings(base_url="")
-    upstream = UpstreamSettings(
-        base_url=c.get(up, "upstream", "base_url", http_url, "", required=True) or "",
-        retries=c.get(up, "upstream", "retries", non_negative_int, d_up.retries) or 0,
-        connect_timeout_s=c.get(up, "upstream", "connect_timeout_s", positive_number)
-        or d_up.connect_timeout_s,
-        read_timeout_s=c.get(up, "upstream", "read_timeout_s", positive_number)
-        or d_up.read_timeout_s,
-        backoff_base_s=c.get(up, "upstream", "backoff_base_s", positive_number)
-        or d_up.backoff_base_s,
-        backoff_max_s=c.get(up, "upstream", "backoff_max_s", positive_number) or d_up.backoff_max_s,
-        models_cache_ttl_s=c.get(up, "upstream", "models_cache_ttl_s", positive_number)
-        or d_up.models_cache_ttl_s,
-        max_connections=c.get(up, "upstream", "max_connections", positive_int)
-        or d_up.max_connections,
-    )
-
-    lim = c.section(
-        top.get("limiter"),
-        "limiter",
-        {
-            "backend",
-            "queue_timeout_s",
-            "redis_url",
-            "lease_ttl_s",
-            "key_prefix",
-            "on_redis_error",
-            "sentinel",
-            "keep_slots_s",
-        },
-    )
-    sentinel = None
-    if lim.get("sentinel") is not None:
-        sen = c.section(lim["sentinel"], "limiter.sentinel", {"master", "nodes", "password"})
-        sentinel = SentinelSettings(
-            master=c.get(sen, "limiter.sentinel", "master", text, "", required=True) or "",
-            nodes=tuple(c.get(sen, "limiter.sentinel", "nodes", host_ports, required=True) or ()),
-            password=c.get(sen, "limiter.sentinel", "password", text),
-        )
-    d_lim = LimiterSettings()
-    limiter = LimiterSettings(
-        backend=c.get(lim, "limiter", "backend", choice("memory", "redis")) or "memory",  # type: ignore[arg-type]
-        queue_timeout_s=c.get(lim, "limiter", "queue_timeout_s", positive_number)
-        or d_lim.queue_timeout_s,
-        redis_url=c.get(lim, "limiter", "redis_url", text) or d_lim.redis_url,
-        lease_ttl_s=c.get(lim, "limiter", "lease_ttl_s", positive_number) or d_lim.lease_ttl_s,
-        key_prefix=c.get(lim, "limiter", "key_prefix", text) or d_lim.key_prefix,
-        on_redis_error=c.get(lim, "limiter", "on_redis_error", choice("local", "reject"))  # type: ignore[arg-type]
-        or d_lim.on_redis_error,
-        sentinel=sentinel,
-        keep_slots_s=non_negative(c, lim, "limiter", "keep_slots_s", d_lim.keep_slots_s),
-    )
-
-    srv = c.section(
-        top.get("server"),
-        "server",
-        {
-            "host",
-            "port",
-            "max_body_bytes",
-            "admin_keys",
-            "access_log",
-            "shutdown_grace_s",
-            "reload_poll_s",
-        },
-    )
-    d_srv = ServerSettings()
-    server = ServerSettings(
-        host=c.get(srv, "server", "host", text) or d_srv.host,
-        port=c.get(srv, "server", "port", positive_int) or d_srv.port,
-        max_body_bytes=c.get(srv, "server", "max_body_bytes", positive_int) or d_srv.max_body_bytes,
-        admin_keys=frozenset(
-            _key_hashes(c, "server.admin_keys", c.get(srv, "server", "admin_keys", text_list) or [])
-        ),
-        access_log=bool(c.get(srv, "server", "access_log", boolean, True)),
-        shutdown_grace_s=c.get(srv, "server", "shutdown_grace_s", positive_number)
-        or d_srv.shutdown_grace_s,
-        reload_poll_s=non_negative(c, srv, "server", "reload_poll_s", d_srv.reload_poll_s),
-    )
-
-    accounts: dict[str, Account] = {}
-    acc_raw = c.section(top.get("accounts"), "accounts", _names(top.get("accounts")))
-    if not acc_raw:
-        c.fail("accounts", "at least one account (a W&B API key) is required")
-    for name, body in acc_raw.items():
-        p = f"accounts.{name}"
-        a = c.section(body, p, {"api_key", "max_concurrency"})
-        accounts[str(name)] = Account(
-            name=str(name),
-            api_key=c.get(a, p, "api_key", text, "", required=True) or "",
-            max_concurrency=c.get(a, p, "max_concurrency", positive_int, 1, required=True) or 1,
-        )
-
-    models: dict[str, Model] = {}
-    aliases: dict[str, str] = {}
-    mod_raw = c.section(top.get("models"), "models", _names(top.get("models")))
-    for model_id, body in mod_raw.items():
-        p = f"models.{model_id}"
-        m = c.section(body, p, {"input_usd_per_mtok", "output_usd_per_mtok", "aliases"})
-        names: list[str] = c.get(m, p, "aliases", text_list) or []
-        for alias in names:
-            if alias in mod_raw:
-                c.fail(f"{p}.aliases", f"alias {alias!r} is also a configured model id")
-            elif alias in aliases and aliases[alias] != model_id:
-                c.fail(f"{p}.aliases", f"alias {alias!r} already points to {aliases[alias]!r}")
-            aliases[alias] = str(model_id)
-        models[str(model_id)] = Model(
-            id=str(model_id),
-            input_usd_per_mtok=c.get(m, p, "input_usd_per_mtok", price),
-            output_usd_per_mtok=c.get(m, p, "output_usd_per_mtok", price),
-            aliases=tuple(names),
-        )
-
-    tenants: dict[str, Tenant] = {}
-    by_hash: dict[str, Tenant] = {}
-    files = [source] if source != "<memory>" else []
-    ten_raw = c.section(top.get("tenants"), "tenants", _names(top.get("tenants")))
-    if not ten_raw:
-        c.fail("tenants", "at least one tenant (who may call the gateway) is required")
-    for name, body in ten_raw.items():
-        p = f"tenants.{name}"
-        t = c.section(
-            body,
-            p,
-            {
-                "keys",
-                "keys_file",
-                "account",
-                "project",
-                "max_concurrency",
-                "models",
-                "projects",
-                "weight",
-                "monthly_budget_usd",
-            },
-        )
-        key_list: list[str] = c.get(t, p, "keys", text_list) or []
-        hashes = _key_hashes(c, f"{p}.keys", key_list)
-        keys_file = c.get(t, p, "keys_file", text)
-        if keys_file:
-            file = Path(keys_file)
-            file = file if file.is_absolute() else base_dir / file
-            files.append(str(file))
-            hashes |= _key_hashes(
-                c, f"{p}.keys_file({file})", _read_keys_file(c, f"{p}.keys_file", file)
-            )
-        if "keys" not in t and not keys_file:
-            c.fail(p, "needs `keys` (a list of sha256 hashes) or `keys_file`")
-        account_name = c.get(t, p, "account", text, "", required=True) or ""
-        account = accounts.get(account_name)
-        if account_name and account is None:
-            known = ", ".join(sorted(accounts)) or "none"
-            c.fail(f"{p}.account", f"unknown account {account_name!r} (known: {known})")
-        limit = c.get(t, p, "max_concurrency", positive_int)
-        if account and limit and limit > account.max_concurrency:
-            c.fail(
-                f"{p}.max_concurrency",
-                f"{limit} exceeds account {account.name!r}'s max_concurrency "
-                f"({account.max_concurrency}); a tenant's share cannot be larger than the account",
-            )
-        allow = c.get(t, p, "models", text_list)
-        tenant = Tenant(
-            name=str(name),
-            key_hashes=frozenset(hashes),
-            account=account_name,
-            project=c.get(t, p, "project", project, "", required=True) or "",
-            max_concurrency=limit or (account.max_concurrency if account else 1),
-            models=None if allow is None else frozenset(aliases.get(m, m) for m in allow),
-            projects=frozenset(c.get(t, p, "projects", project_list) or []),
-            weight=c.get(t, p, "weight", positive_int, 1) or 1,
-            monthly_budget_usd=c.get(t, p, "monthly_budget_usd", positive_number),
-        )
-        tenants[tenant.name] = tenant
-        for h in hashes:
-            other = by_hash.get(h)
-            if other is not None and other.name != tenant.name:
-                c.fail(f"{p}.keys", f"a key is also listed under tenants.{other.name}")
-            by_hash[h] = tenant
-    for h in server.admin_keys & set(by_hash):
-        c.fail("server.admin_keys", f"a key is also a key of tenants.{by_hash[h].name}")
-
-    if c.problems:
-        raise ConfigError(source, c.problems)
+    tenants = problems.entries(_TenantEntry, doc, "tenants", (base_dir, accounts))
+    if not tenants:
+        problems.add("tenants", "at least one tenant (who may call the gateway) is required")
+    owners: dict[str, str] = {}  # key hash -> tenant
+    for name, tenant in tenants.items():
+        for h in tenant.hashes if tenant else ():
+            if owners.setdefault(h, name) != name:
+                problems.add(
+                    f"tenants.{name}.keys", f"a key is also listed under tenants.{owners[h]}"
+                )
+    for h in top.server.admin_keys & owners.keys() if top else ():
+        problems.add("server.admin_keys", f"a key is also a key of tenants.{owners[h]}")
+    if problems or top is None:
+        raise ConfigError(source, problems)
+    valid = {name: account for name, account in accounts.items() if account}
+    built = {n: t.tenant(n, valid[t.account], aliases) for n, t in tenants.items() if t}
+    files = [t.keys_file[0] for t in tenants.values() if t and t.keys_file]
     return Settings(
-        upstream=upstream,
-        limiter=limiter,
-        server=server,
-        accounts=accounts,
-        tenants=tenants,
-        models=models,
+        upstream=top.upstream,
+        limiter=top.limiter,
+        server=top.server,
+        accounts=valid,
+        tenants=built,
+        models={m: Model(id=m, **dict(entry)) for m, entry in models.items() if entry},
         source=source,
         aliases=aliases,
-        tenant_by_key_hash=by_hash,
-        files=tuple(files),
+        tenant_by_key_hash={h: built[name] for h, name in owners.items()},
+        files=(source, *files) if source != "<memory>" else tuple(files),
     )
+
+
+def _aliases(problems: _Problems, models: Mapping[str, _ModelEntry | None]) -> dict[str, str]:
+    """alias -> model id; an alias may name one model only, and no model id."""
+    aliases: dict[str, str] = {}
+    for model_id, model in models.items():
+        for alias in model.aliases if model else ():
+            if alias in models:
+                problems.add(
+                    f"models.{model_id}.aliases", f"alias {alias!r} is also a configured model id"
+                )
+            elif aliases.setdefault(alias, model_id) != model_id:
+                problems.add(
+                    f"models.{model_id}.aliases",
+                    f"alias {alias!r} already points to {aliases[alias]!r}",
+                )
+    return aliases
 
 
 def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate one YAML file."""
     source = str(path)
     try:
-        document = Path(path).read_text()
+        raw = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from exc
     except UnicodeDecodeError:
         raise ConfigError(source, ["not UTF-8 text"]) from None
-    try:
-        raw = yaml.safe_load(document)
     except yaml.YAMLError as exc:
         raise ConfigError(source, [f"not valid YAML: {exc}"]) from exc
     return parse_settings(raw, source=source, env=env)

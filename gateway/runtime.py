@@ -3,7 +3,6 @@ them that a config reload may change (tenants, keys, limits, prices, aliases).""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from gateway.accounting import Accounting
@@ -94,14 +93,16 @@ class Runtime:
         fixed = [
             name for name in ("upstream", "limiter") if getattr(new, name) != getattr(old, name)
         ]
-        server = dataclasses.replace(old.server, admin_keys=new.server.admin_keys)
+        server = old.server.model_copy(update={"admin_keys": new.server.admin_keys})
         if server != new.server:
             fixed.append("server")
         if fixed:
             logger.warning(
                 "config reload: changes to %s take effect only after a restart", ", ".join(fixed)
             )
-        new = dataclasses.replace(new, upstream=old.upstream, limiter=old.limiter, server=server)
+        new = new.model_copy(
+            update={"upstream": old.upstream, "limiter": old.limiter, "server": server}
+        )
         self.settings = new
         self.catalog.reconfigure(new)
         self.limiter.reconfigure(new.accounts, new.tenants)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_settings
-from gateway.keys import KeyEditError, add_to_config, hash_key, new_key
+from gateway.config_edit import KeyEditError, add_to_config
+from gateway.keys import hash_key, new_key
 from tests.procs import ROOT
 
 CONFIG = """\
@@ -105,3 +106,66 @@ def test_cli_keys_new_for_a_tenant(config: Path) -> None:
     assert done.returncode == 0, done.stderr
     key = done.stdout.split("key:")[1].split()[0]
     assert load_settings(config).tenant_by_key_hash[hash_key(key)].name == "block"
+
+
+def test_new_key_goes_after_the_last_item_not_after_its_comments(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "upstream: {base_url: 'http://127.0.0.1:1/v1'}\n"
+        "accounts: {main: {api_key: wk, max_concurrency: 4}}\n"
+        "tenants:\n"
+        "  t:\n"
+        "    keys:\n"
+        f'    - "{hash_key("a")}"   # the first\n'
+        "    # about the project\n"
+        "\n"
+        "    project: acme/t\n"
+        "    account: main\n"
+    )
+    before = path.read_text().splitlines()
+    add_to_config(path, "t", hash_key("fresh"))
+    after = path.read_text().splitlines()
+    assert after == [*before[:6], f'    - "{hash_key("fresh")}"', *before[6:]]
+
+
+def test_empty_or_null_keys_become_a_flow_list(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    text = (
+        "upstream: {base_url: 'http://127.0.0.1:1/v1'}\n"
+        "accounts: {main: {api_key: wk, max_concurrency: 4}}\n"
+        "tenants:\n"
+        "  a: {keys: [], account: main, project: acme/a}\n"
+        "  b:\n"
+        "    keys:\n"
+        "    account: main\n"
+        "    project: acme/b\n"
+    )
+    path.write_text(text)
+    add_to_config(path, "a", hash_key("x"))
+    add_to_config(path, "b", hash_key("y"))
+    assert path.read_text() == text.replace("keys: []", f'keys: ["{hash_key("x")}"]').replace(
+        "    keys:\n", f'    keys: ["{hash_key("y")}"]\n'
+    )
+
+
+def test_an_edit_that_would_reformat_other_lines_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(  # two block lists indented differently: ruamel writes both alike
+        "upstream: {base_url: 'http://127.0.0.1:1/v1'}\n"
+        "accounts: {main: {api_key: wk, max_concurrency: 4}}\n"
+        "models:\n"
+        "  m:\n"
+        "    aliases:\n"
+        "    - gpt\n"
+        "tenants:\n"
+        "  t:\n"
+        "    account: main\n"
+        "    project: acme/t\n"
+        "    keys:\n"
+        f"      - '{hash_key('a')}'\n"
+    )
+    before = path.read_text()
+    with pytest.raises(KeyEditError, match="would rewrite other lines"):
+        add_to_config(path, "t", hash_key("x"))
+    assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.yaml"]  # no temp left

@@ -194,8 +194,10 @@ async def main():
     settings = LimiterSettings(backend="redis", redis_url=url, key_prefix=prefix, lease_ttl_s=ttl)
     limiter = RedisLimiter(settings)
     await limiter.start()
-    tenant = Tenant("a", frozenset(), "main", "acme/t", 1)
-    await limiter.acquire(Account("main", "k", 1), tenant, 5)
+    tenant = Tenant(
+        name="a", key_hashes=frozenset(), account="main", project="acme/t", max_concurrency=1
+    )
+    await limiter.acquire(Account(name="main", api_key="k", max_concurrency=1), tenant, 5)
     print("held", flush=True)
     await asyncio.sleep(60)
 
