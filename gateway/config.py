@@ -28,28 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.config_types import (
-    HASH,
-    Count,
-    Entries,
-    Flag,
-    KeyHashes,
-    Nodes,
-    PositiveInt,
-    PositiveNumber,
-    Price,
-    Project,
-    Projects,
-    Seconds,
-    Section,
-    Text,
-    Texts,
-    Url,
-    coerce,
-    key_path,
-    problem,
-    says,
-)
+from gateway import config_types as ct
 from gateway.keys import KEY_HASH_RE
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
@@ -57,71 +36,71 @@ VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 M = TypeVar("M", bound=BaseModel)
 
 
-class UpstreamSettings(Section):
-    base_url: Url
-    retries: Count = 3
-    connect_timeout_s: PositiveNumber = 10.0
+class UpstreamSettings(ct.Section):
+    base_url: ct.Url
+    retries: ct.Count = 3
+    connect_timeout_s: ct.PositiveNumber = 10.0
     # Reasoning models can think for minutes before the first byte: long by default.
-    read_timeout_s: PositiveNumber = 600.0
-    backoff_base_s: PositiveNumber = 0.25
-    backoff_max_s: PositiveNumber = 4.0
-    models_cache_ttl_s: PositiveNumber = 60.0
-    max_connections: PositiveInt = 1000
+    read_timeout_s: ct.PositiveNumber = 600.0
+    backoff_base_s: ct.PositiveNumber = 0.25
+    backoff_max_s: ct.PositiveNumber = 4.0
+    models_cache_ttl_s: ct.PositiveNumber = 60.0
+    max_connections: ct.PositiveInt = 1000
 
 
-class SentinelSettings(Section):
+class SentinelSettings(ct.Section):
     """Redis Sentinel: the limiter asks these sentinels where the current master is."""
 
-    master: Text
-    nodes: Nodes
-    password: Text | None = Field(default=None, repr=False)
+    master: ct.Text
+    nodes: ct.Nodes
+    password: ct.Text | None = Field(default=None, repr=False)
 
 
-class LimiterSettings(Section):
-    backend: Annotated[Literal["memory", "redis"], says("one of memory, redis")] = "memory"
-    queue_timeout_s: PositiveNumber = 60.0
-    redis_url: Text = "redis://127.0.0.1:6379/0"
-    lease_ttl_s: PositiveNumber = 30.0
-    key_prefix: Text = "igw"
-    on_redis_error: Annotated[Literal["local", "reject"], says("one of local, reject")] = "local"
+class LimiterSettings(ct.Section):
+    backend: Annotated[Literal["memory", "redis"], ct.says("one of memory, redis")] = "memory"
+    queue_timeout_s: ct.PositiveNumber = 60.0
+    redis_url: ct.Text = "redis://127.0.0.1:6379/0"
+    lease_ttl_s: ct.PositiveNumber = 30.0
+    key_prefix: ct.Text = "igw"
+    on_redis_error: Annotated[Literal["local", "reject"], ct.says("one of local, reject")] = "local"
     sentinel: SentinelSettings | None = None
     # Redis backend: a released slot stays with its replica this long for the tenant's next
     # request (no round trip), unless someone in the account waits; 0 gives it back at once.
-    keep_slots_s: Seconds = 1.0
+    keep_slots_s: ct.Seconds = 1.0
 
 
-class ServerSettings(Section):
-    host: Text = "127.0.0.1"
-    port: PositiveInt = 8080
-    max_body_bytes: PositiveInt = 32 * 1024 * 1024
-    admin_keys: KeyHashes = frozenset()
-    access_log: Flag = True
+class ServerSettings(ct.Section):
+    host: ct.Text = "127.0.0.1"
+    port: ct.PositiveInt = 8080
+    max_body_bytes: ct.PositiveInt = 32 * 1024 * 1024
+    admin_keys: ct.KeyHashes = frozenset()
+    access_log: ct.Flag = True
     # On SIGTERM: how long in-flight requests and streams may take to finish before exit.
-    shutdown_grace_s: PositiveNumber = 30.0
+    shutdown_grace_s: ct.PositiveNumber = 30.0
     # How often the config file (and keys files) are checked for changes; 0 turns it off.
-    reload_poll_s: Seconds = 1.0
+    reload_poll_s: ct.Seconds = 1.0
 
 
-class _AccountEntry(Section):  # as written: the name is its key under `accounts`
-    api_key: Text = Field(repr=False)
-    max_concurrency: PositiveInt
+class _AccountEntry(ct.Section):  # as written: the name is its key under `accounts`
+    api_key: ct.Text = Field(repr=False)
+    max_concurrency: ct.PositiveInt
 
 
 class Account(_AccountEntry):
     name: str
 
 
-class _ModelEntry(Section):
-    input_usd_per_mtok: Price | None = None
-    output_usd_per_mtok: Price | None = None
-    aliases: Texts = ()
+class _ModelEntry(ct.Section):
+    input_usd_per_mtok: ct.Price | None = None
+    output_usd_per_mtok: ct.Price | None = None
+    aliases: ct.Texts = ()
 
 
 class Model(_ModelEntry):
     id: str
 
 
-class Tenant(Section):
+class Tenant(ct.Section):
     name: str
     key_hashes: frozenset[str] = Field(repr=False)
     account: str
@@ -137,23 +116,23 @@ def _context(info: ValidationInfo) -> tuple[Path, Mapping[str, Account | None]]:
     return cast(tuple[Path, Mapping[str, Account | None]], info.context)
 
 
-class _TenantEntry(Section):
+class _TenantEntry(ct.Section):
     """A tenant as written; validated with the context (config dir, {account: Account | None})."""
 
-    keys: KeyHashes | None = None
+    keys: ct.KeyHashes | None = None
     keys_file: tuple[str, frozenset[str]] | None = None  # (the file, resolved; its hashes)
-    account: Text
-    project: Project
-    max_concurrency: PositiveInt | None = None  # None: the whole account
-    models: Texts | None = None  # None: every model
-    projects: Projects = frozenset()
-    weight: PositiveInt = 1
-    monthly_budget_usd: PositiveNumber | None = None
+    account: ct.Text
+    project: ct.Project
+    max_concurrency: ct.PositiveInt | None = None  # None: the whole account
+    models: ct.Texts | None = None  # None: every model
+    projects: ct.Projects = frozenset()
+    weight: ct.PositiveInt = 1
+    monthly_budget_usd: ct.PositiveNumber | None = None
 
     @field_validator("keys_file", mode="before")
     @classmethod
     def _read(cls, name: Any, info: ValidationInfo) -> tuple[str, frozenset[str]]:
-        if not isinstance(name := coerce(str, name), str) or not name.strip():
+        if not isinstance(name := ct.coerce(str, name), str) or not name.strip():
             raise ValueError(f"must be a non-empty string, got {name!r}")
         file = _context(info)[0] / name  # an absolute name stays as it is
         try:
@@ -168,7 +147,7 @@ class _TenantEntry(Section):
         stripped = {n: line.strip() for n, line in enumerate(lines, 1)}
         hashes = {n: h for n, h in stripped.items() if h and not h.startswith("#")}
         if bad := [str(n) for n, h in hashes.items() if not KEY_HASH_RE.fullmatch(h)]:
-            raise ValueError(f"{file} line {', '.join(bad)}: must be {HASH}")
+            raise ValueError(f"{file} line {', '.join(bad)}: must be {ct.HASH}")
         return str(file), frozenset(h.lower() for h in hashes.values())
 
     @field_validator("account")
@@ -213,18 +192,18 @@ class _TenantEntry(Section):
         )
 
 
-class _Document(Section):
+class _Document(ct.Section):
     """The top level; the entries of accounts, models and tenants are checked one by one."""
 
     upstream: Annotated[UpstreamSettings, Field(default_factory=dict, validate_default=True)]
     limiter: LimiterSettings = LimiterSettings()
     server: ServerSettings = ServerSettings()
-    accounts: Entries = Field(default_factory=dict)
-    tenants: Entries = Field(default_factory=dict)
-    models: Entries = Field(default_factory=dict)
+    accounts: ct.Entries = Field(default_factory=dict)
+    tenants: ct.Entries = Field(default_factory=dict)
+    models: ct.Entries = Field(default_factory=dict)
 
 
-class Settings(Section):
+class Settings(ct.Section):
     upstream: UpstreamSettings
     limiter: LimiterSettings
     server: ServerSettings
@@ -244,7 +223,7 @@ class Settings(Section):
 
 
 class ConfigError(Exception):
-    """Every problem found in one configuration, each `file: key.path: what is wrong`."""
+    """Every ct.problem found in one configuration, each `file: key.path: what is wrong`."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
@@ -253,7 +232,7 @@ class ConfigError(Exception):
 
 
 class _Problems(list[str]):
-    """Every problem found, `key.path: what is wrong`. A path whose ${VAR} is unset reports only
+    """Every ct.problem found, `key.path: what is wrong`. A path whose ${VAR} is unset reports only
     that: what else is wrong with its value ("") follows from it."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
@@ -270,7 +249,9 @@ class _Problems(list[str]):
         if isinstance(value, str):
             return VAR_RE.sub(lambda m: self._variable(m, path), value)
         if isinstance(value, dict):
-            return {str(k): self.substitute(v, key_path(path, [str(k)])) for k, v in value.items()}
+            return {
+                str(k): self.substitute(v, ct.key_path(path, [str(k)])) for k, v in value.items()
+            }
         if isinstance(value, list):
             return [self.substitute(v, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
@@ -291,7 +272,7 @@ class _Problems(list[str]):
             return model.model_validate(data, context=context)
         except ValidationError as exc:
             for error in exc.errors():
-                self.add(key_path(path, error["loc"]) or "<top>", problem(model, error))
+                self.add(ct.key_path(path, error["loc"]) or "<top>", ct.problem(model, error))
             return None
 
     def entries(
@@ -306,7 +287,7 @@ class _Problems(list[str]):
 def parse_settings(
     raw: Any, *, source: str = "<memory>", env: Mapping[str, str] | None = None
 ) -> Settings:
-    """Validate an already-parsed YAML document; raise ConfigError with every problem."""
+    """Validate an already-parsed YAML document; raise ConfigError with every ct.problem."""
     problems = _Problems(os.environ if env is None else env)
     doc = problems.substitute(raw, "")
     top = problems.check(_Document, doc, "")
