@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from gateway.config import Account, LimiterSettings, SentinelSettings, Tenant
 from gateway.errors import QueueTimeout, Unavailable
 from gateway.limits.redis import RedisLimiter
+from gateway.limits.redis.scripts import Op
 from tests.procs import ROOT, free_port, redis_server
 
 ACCOUNT = Account(name="main", api_key="wandb-test", max_concurrency=1)
@@ -241,11 +242,12 @@ async def kill(limiter: RedisLimiter) -> None:
 
     Its requests stay blocked on their futures, which nothing resolves any more.
     """
-    tasks = [t for t in (limiter._runner, limiter._listener) if t is not None]
+    link = limiter._link
+    tasks = [t for t in (link._runner, link._listener) if t is not None]
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    limiter._runner = limiter._listener = None
+    link._runner = link._listener = None
 
 
 async def scores(redises: Redises, name: str) -> dict[str, float]:
@@ -372,7 +374,7 @@ def limiter_records(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "gateway.limits.redis" and r.levelno == level
+        if r.name.startswith("gateway.limits.redis") and r.levelno == level
     ]
 
 
@@ -557,7 +559,7 @@ async def test_a_released_slot_is_kept_for_the_next_request(redises: Redises) ->
         await (await limiter.acquire(acc, t, 1)).release()
     assert await evalsha_calls(redises) == before  # no round trip at all
     assert await redises.client.zcard(redises.key("leases")) == 1  # still a lease in Redis
-    limiter._states.clear()  # what the next heartbeat reports:
+    limiter._link.states.clear()  # what the next heartbeat reports:
     await wait_for(limiter.pools)
     pools = {p.name: p for p in limiter.pools()}
     assert pools["account:main"].inflight == 0  # idle, as it is
@@ -616,9 +618,9 @@ async def test_a_release_never_overtakes_its_acquire(redises: Redises) -> None:
     release waits for the acquire's answer, whichever batch or sender either lands in."""
     limiter = await redises.replica()
     acct = limiter._account(account(2), tenant("a", 2))
-    acquire = limiter._submit(acct, ("a", "x-1", "a", 2, 1))
-    release = limiter._release(acct, "x-1")
-    assert [op for op, _ in acct.batch] == [("a", "x-1", "a", 2, 1)]  # the release is held
+    acquire = acct.ops.submit(Op.acquire("x-1", tenant("a", 2)))
+    release = acct.ops.release("x-1")
+    assert [op for op, _ in acct.ops.batch] == [Op("a", "x-1", "a", 2, 1)]  # the release is held
     assert await acquire == 1
     await release
     await redises.assert_clean()
@@ -633,4 +635,4 @@ async def test_a_lease_redis_lost_is_not_kept(redises: Redises) -> None:
     await redises.client.zrem(redises.key("leases"), lease_id)  # as if it had expired
     await wait_for(lambda: lease_id not in acct.held)  # the heartbeat says it is lost
     await lease.release()
-    assert not acct.spare  # a slot Redis no longer counts is not handed out again
+    assert not acct.kept  # a slot Redis no longer counts is not handed out again
