@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,6 +59,8 @@ class RedisAccount:
 
 
 class RedisLease(Lease):
+    """Both slots of one request, a lease in Redis (`id`), held on this replica."""
+
     __slots__ = (
         "_release",
         "_start",
@@ -77,11 +79,12 @@ class RedisLease(Lease):
         lease_id: str,
         tenant: str,
         queue_s: float,
-        *,
         claimed: bool,
         epoch: int,
-        release: Callable[[RedisLease, float], Awaitable[None]],
+        release: Callable[[RedisLease, float], asyncio.Future[int] | None],
     ) -> None:
+        # Called with positional arguments: keyword ones to a class call cost more than this
+        # whole constructor (CPython 3.11), paid by every request, kept slot or not.
         self.account = account
         self.id = lease_id
         # False while Redis may still hold it on its ticket's short expiry: the next heartbeat
@@ -89,7 +92,8 @@ class RedisLease(Lease):
         self.claimed = claimed
         self.tenant = tenant
         self.epoch = epoch  # the outages so far: a lease lost across one is no surprise
-        self._release = release  # the limiter's: keep the slot, or give it back
+        # The limiter's: keeps the slot (None) or gives it back (the release's answer).
+        self._release = release
         self.released = False
         self._start = time.monotonic()
         self.queue_s = queue_s
@@ -98,7 +102,9 @@ class RedisLease(Lease):
         if self.released:
             return
         self.released = True
-        await self._release(self, time.monotonic() - self._start)
+        answer = self._release(self, time.monotonic() - self._start)
+        if answer is not None:
+            await answer
 
 
 @dataclass(eq=False)

@@ -39,10 +39,6 @@ class KeptSlots:
         kept = self._spare.get(tenant)
         return kept.pop()[0] if kept else None
 
-    def may_keep(self) -> bool:
-        """Whether a slot released now may be kept (as far as this account's queue goes)."""
-        return self._keep_s > 0 and not self.waiting
-
     def keep(self, tenant: str, lease_id: str) -> None:
         self._spare.setdefault(tenant, []).append((lease_id, time.monotonic()))
 

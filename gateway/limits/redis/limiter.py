@@ -56,6 +56,7 @@ class RedisLimiter(Limiter):
         self._holds = HoldTimes()
         self._accounts: dict[str, RedisAccount] = {}
         self._tickets: dict[str, Ticket] = {}
+        self._released = self._release_lease  # bound once: every lease calls it
         self._link = Link(
             settings,
             self._accounts,
@@ -166,33 +167,28 @@ class RedisLimiter(Limiter):
     def _lease(
         self, acct: RedisAccount, lease_id: str, tenant: Tenant, queue_s: float, *, claimed: bool
     ) -> RedisLease:
-        lease = RedisLease(
-            acct,
-            lease_id,
-            tenant.name,
-            queue_s,
-            claimed=claimed,
-            epoch=self._link.epoch,
-            release=self._release_lease,
-        )
+        epoch = self._link.epoch
+        lease = RedisLease(acct, lease_id, tenant.name, queue_s, claimed, epoch, self._released)
         acct.held[lease_id] = lease
         return lease
 
-    async def _release_lease(self, lease: RedisLease, held_s: float) -> None:
+    def _release_lease(self, lease: RedisLease, held_s: float) -> asyncio.Future[int] | None:
+        """What a released lease becomes: a kept slot (None), or a release (its answer)."""
         acct = lease.account
         held = acct.held.pop(lease.id, None) is lease  # not if Redis said it was lost
         self._holds.observe(acct.name, held_s)
         if (
             held
-            and acct.kept.may_keep()
+            and self._keep_s > 0
+            and not acct.kept.waiting
             and not self._link.degraded
             and lease.claimed
             and lease.epoch == self._link.epoch
             and acct.limit() >= acct.configured  # not while backing off from upstream 429s
         ):
             acct.kept.keep(lease.tenant, lease.id)
-            return
-        await acct.ops.release(lease.id)
+            return None
+        return acct.ops.release(lease.id)
 
     # -- accounts, reloads and the adaptive limit --------------------------------------------
 
