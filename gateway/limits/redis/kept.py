@@ -8,7 +8,8 @@ its limit, or when the account backs off from an upstream 429); unused, they go 
 `keep_slots_s`. Under a load below the limits, requests then cost no Redis round trip at all; at
 the limits, every slot goes through Redis's queue as before.
 
-This module decides which slots are kept and which go back; releasing them is the caller's.
+This module holds them and decides when they go back; whether a released lease is kept is the
+limiter's to decide (it knows the lease), and releasing what goes back is the caller's.
 """
 
 from __future__ import annotations
