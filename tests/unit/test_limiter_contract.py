@@ -22,6 +22,7 @@ from gateway.errors import QueueTimeout
 from gateway.limits.base import AdaptiveLimits, Lease, Limiter
 from gateway.limits.memory import MemoryLimiter
 from gateway.limits.redis import RedisLimiter
+from tests.poll import until
 from tests.procs import redis_server
 
 
@@ -94,10 +95,11 @@ class Backend:
 
 async def wait_queued(backend: Backend, n: int, timeout_s: float = 5.0) -> None:
     """Poll the queue depth: a ticket landing in Redis has no event to await."""
-    deadline = time.monotonic() + timeout_s
-    while (queued := await backend.queued()) != n:
-        assert time.monotonic() < deadline, f"{queued} queued, expected {n}"
-        await asyncio.sleep(0.005)
+
+    async def queued() -> bool:
+        return await backend.queued() == n
+
+    await until(queued, timeout_s, f"{n} queued")
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +273,7 @@ async def test_a_storm_never_exceeds_a_limit_and_leaves_nothing(backend: Backend
         timeout = rng.choice([0.02, 0.2, 5.0])
         hold = rng.uniform(0, 0.015)
         fail = rng.random() < 0.1
-        await asyncio.sleep(rng.uniform(0, 0.05))
+        await asyncio.sleep(rng.uniform(0, 0.05))  # requests arrive at random times
         try:
             lease: Lease = await limiter.acquire(acc, t, timeout)
         except QueueTimeout:
@@ -280,7 +282,7 @@ async def test_a_storm_never_exceeds_a_limit_and_leaves_nothing(backend: Backend
         try:
             enter("account", acc.max_concurrency)
             enter(t.name, t.max_concurrency)
-            await asyncio.sleep(hold)
+            await asyncio.sleep(hold)  # the request runs a while
             if fail:
                 raise RuntimeError("upstream blew up")
             outcomes["ok"] += 1

@@ -27,6 +27,8 @@ from redis.backoff import NoBackoff
 from gateway.config import Account, LimiterSettings, SentinelSettings, Tenant
 from gateway.errors import QueueTimeout, Unavailable
 from gateway.limits.redis import RedisLimiter
+from gateway.limits.redis.scripts import Op
+from tests.poll import until, until_sync
 from tests.procs import ROOT, free_port, redis_server
 
 ACCOUNT = Account(name="main", api_key="wandb-test", max_concurrency=1)
@@ -68,10 +70,16 @@ class Redises:
         return f"{self.prefix}:{{acct:main}}:{name}"
 
     async def wait_queued(self, n: int, timeout_s: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while (queued := await self.client.zcard(self.key("waiters"))) != n:
-            assert time.monotonic() < deadline, f"{queued} queued, expected {n}"
-            await asyncio.sleep(0.005)
+        async def queued() -> bool:
+            return await self.client.zcard(self.key("waiters")) == n
+
+        await until(queued, timeout_s, f"{n} tickets queued")
+
+    async def leases_become(self, n: int, timeout_s: float) -> None:
+        async def leases() -> bool:
+            return await self.client.zcard(self.key("leases")) == n
+
+        await until(leases, timeout_s, f"{n} leases in Redis")
 
     async def assert_clean(self) -> None:
         keys = [k async for k in self.client.scan_iter(match=f"{self.prefix}:*")]
@@ -105,12 +113,12 @@ async def test_replicas_share_one_limit(redises: Redises, keep_s: float) -> None
 
     async def worker() -> None:
         nonlocal holding, peak
-        await asyncio.sleep(rng.uniform(0, 0.03))
+        await asyncio.sleep(rng.uniform(0, 0.03))  # requests arrive at random times
         lease = await rng.choice(replicas).acquire(acc, rng.choice([a, b]), 10)
         holding += 1
         peak = max(peak, holding)
         assert holding <= 3
-        await asyncio.sleep(rng.uniform(0, 0.01))
+        await asyncio.sleep(rng.uniform(0, 0.01))  # and hold their slot a while
         holding -= 1
         await lease.release()
 
@@ -139,7 +147,7 @@ async def test_acquires_and_releases_asked_together_share_calls(redises: Redises
         lease = await limiter.acquire(acc, t, 10)
         holding += 1
         peak = max(peak, holding)
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.002)  # holds its slot a while
         holding -= 1
         await lease.release()
 
@@ -223,7 +231,9 @@ async def test_a_killed_replicas_slot_comes_back_within_the_ttl(redises: Redises
         survivor = await redises.replica(lease_ttl_s=ttl)
         waiter = asyncio.create_task(survivor.acquire(ACCOUNT, tenant("a", 1), 10))
         await redises.wait_queued(1)
-        await asyncio.sleep(ttl * 1.5)  # the dead-to-be renews: the waiter keeps waiting
+        # Time must pass beyond the TTL (no event marks it): the dead-to-be renews its lease,
+        # so the waiter keeps waiting.
+        await asyncio.sleep(ttl * 1.5)
         assert not waiter.done()
         proc.send_signal(signal.SIGKILL)
         killed = time.monotonic()
@@ -243,11 +253,12 @@ async def kill(limiter: RedisLimiter) -> None:
 
     Its requests stay blocked on their futures, which nothing resolves any more.
     """
-    tasks = [t for t in (limiter._runner, limiter._listener) if t is not None]
+    link = limiter._link
+    tasks = [t for t in (link._runner, link._listener) if t is not None]
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    limiter._runner = limiter._listener = None
+    link._runner = link._listener = None
 
 
 async def scores(redises: Redises, name: str) -> dict[str, float]:
@@ -257,10 +268,12 @@ async def scores(redises: Redises, name: str) -> dict[str, float]:
 async def next_beat_renews_leases(redises: Redises) -> bool:
     """Wait for the next heartbeat of the one replica with tickets: did it renew its leases?"""
     leases, tickets = await scores(redises, "leases"), await scores(redises, "waiters")
-    deadline = time.monotonic() + 5
-    while await scores(redises, "waiters") == tickets:
-        assert time.monotonic() < deadline, "no heartbeat"
-        await asyncio.sleep(0.002)
+
+    async def renewed_tickets() -> bool:
+        return await scores(redises, "waiters") != tickets
+
+    # Polled often: the caller must act just after the beat, long before the next one.
+    await until(renewed_tickets, 5, "a heartbeat", interval_s=0.002)
     return await scores(redises, "leases") != leases
 
 
@@ -345,15 +358,12 @@ class OwnRedis:
              "--appendonly", "no", "--dir", self.dir],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, check=False
-            ).stdout.strip()
-            != b"PONG"
-        ):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
+
+        def pong() -> bool:
+            ping = ["redis-cli", "-p", str(self.port), "ping"]
+            return subprocess.run(ping, capture_output=True, check=False).stdout.strip() == b"PONG"
+
+        until_sync(pong, 10, "redis-server answering")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -374,15 +384,8 @@ def limiter_records(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "gateway.limits.redis" and r.levelno == level
+        if r.name.startswith("gateway.limits.redis") and r.levelno == level
     ]
-
-
-async def wait_for(condition: object, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_redis_outage_falls_back_to_local_limits_and_recovers(
@@ -410,7 +413,7 @@ async def test_redis_outage_falls_back_to_local_limits_and_recovers(
         assert len(limiter_records(caplog, logging.WARNING)) == 1
 
         own_redis.start()
-        await wait_for(lambda: not limiter.degraded)
+        await until(lambda: not limiter.degraded, what="back to shared limits")
         again = await limiter.acquire(ACCOUNT, a, 1)  # shared again: Redis holds it
         assert await redises.client.zcard(redises.key("leases")) == 1
         assert await limiter.ready() == (True, "redis: shared limits")
@@ -440,11 +443,8 @@ async def test_a_hung_redis_is_noticed_and_failed_releases_are_retried(
             assert limiter.degraded
         finally:
             own_redis.proc.send_signal(signal.SIGCONT)
-        await wait_for(lambda: not limiter.degraded)
-        deadline = time.monotonic() + 5
-        while await redises.client.zcard(redises.key("leases")):  # retried once Redis woke up
-            assert time.monotonic() < deadline, "the failed release was never retried"
-            await asyncio.sleep(0.01)
+        await until(lambda: not limiter.degraded, what="back to shared limits")
+        await redises.leases_become(0, timeout_s=5)  # the failed release, retried once Redis woke
         await redises.assert_clean()
         assert len(limiter_records(caplog, logging.WARNING)) == 1
     finally:
@@ -480,7 +480,7 @@ async def test_reject_answers_503_while_redis_is_down(own_redis: OwnRedis) -> No
         assert info.value.status == 503
 
         own_redis.start()
-        await wait_for(lambda: not limiter.degraded)
+        await until(lambda: not limiter.degraded, what="back to shared limits")
         lease = await limiter.acquire(ACCOUNT, tenant("a", 1), 1)
         await lease.release()
         await redises.assert_clean()
@@ -500,7 +500,7 @@ async def test_pools_show_the_global_state(redises: Redises) -> None:
         account_pool = pools.get("account:main")
         return account_pool is not None and (account_pool.inflight, account_pool.queued) == (2, 1)
 
-    await wait_for(seen_by_r2)
+    await until(seen_by_r2, what="r2 seeing 2 in flight and 1 queued")
     for lease in leases:
         await lease.release()
     await (await waiter).release()
@@ -515,17 +515,12 @@ def start_sentinel(master_port: int, workdir: str) -> tuple[subprocess.Popen[byt
         f"sentinel monitor gw 127.0.0.1 {master_port} 1\n"
     )
     proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while (
-        b"127.0.0.1"
-        not in subprocess.run(
-            ["redis-cli", "-p", str(port), "sentinel", "get-master-addr-by-name", "gw"],
-            capture_output=True,
-            check=False,
-        ).stdout
-    ):
-        assert time.monotonic() < deadline, "sentinel did not start"
-        time.sleep(0.02)
+
+    def knows_master() -> bool:
+        ask = ["redis-cli", "-p", str(port), "sentinel", "get-master-addr-by-name", "gw"]
+        return b"127.0.0.1" in subprocess.run(ask, capture_output=True, check=False).stdout
+
+    until_sync(knows_master, 10, "sentinel knowing the master")
     return proc, port
 
 
@@ -559,8 +554,8 @@ async def test_a_released_slot_is_kept_for_the_next_request(redises: Redises) ->
         await (await limiter.acquire(acc, t, 1)).release()
     assert await evalsha_calls(redises) == before  # no round trip at all
     assert await redises.client.zcard(redises.key("leases")) == 1  # still a lease in Redis
-    limiter._states.clear()  # what the next heartbeat reports:
-    await wait_for(limiter.pools)
+    limiter._link.states.clear()  # what the next heartbeat reports:
+    await until(limiter.pools, what="a heartbeat's pool report")
     pools = {p.name: p for p in limiter.pools()}
     assert pools["account:main"].inflight == 0  # idle, as it is
     assert pools["tenant:a"].inflight == 0
@@ -583,7 +578,7 @@ async def test_unused_kept_slots_go_back(redises: Redises) -> None:
     limiter = await redises.replica(keep_slots_s=0.2, lease_ttl_s=2)  # a beat every 0.5 s
     await (await limiter.acquire(account(2), tenant("a", 2), 1)).release()
     assert await redises.client.zcard(redises.key("leases")) == 1
-    await leases_become(redises, 0, timeout_s=3)
+    await redises.leases_become(0, timeout_s=3)
     await redises.assert_clean()
 
 
@@ -592,14 +587,7 @@ async def test_upstream_429s_give_kept_slots_back(redises: Redises) -> None:
     acc = account(4)
     await (await limiter.acquire(acc, tenant("a", 4), 1)).release()
     limiter.upstream_saturated("main")
-    await leases_become(redises, 0, timeout_s=0.5)  # at once, not after keep_slots_s
-
-
-async def leases_become(redises: Redises, n: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while await redises.client.zcard(redises.key("leases")) != n:
-        assert time.monotonic() < deadline, "leases in Redis did not change in time"
-        await asyncio.sleep(0.01)
+    await redises.leases_become(0, timeout_s=0.5)  # at once, not after keep_slots_s
 
 
 async def test_kept_slots_over_a_lowered_limit_go_back(redises: Redises) -> None:
@@ -609,7 +597,7 @@ async def test_kept_slots_over_a_lowered_limit_go_back(redises: Redises) -> None
     await first.release()
     await second.release()  # both kept
     lease = await limiter.acquire(acc, tenant("a", 1), 1)  # a reload lowered the limit to 1
-    await leases_become(redises, 1, timeout_s=3)  # the other kept slot went back
+    await redises.leases_become(1, timeout_s=3)  # the other kept slot went back
     await lease.release()
 
 
@@ -618,9 +606,9 @@ async def test_a_release_never_overtakes_its_acquire(redises: Redises) -> None:
     release waits for the acquire's answer, whichever batch or sender either lands in."""
     limiter = await redises.replica()
     acct = limiter._account(account(2), tenant("a", 2))
-    acquire = limiter._submit(acct, ("a", "x-1", "a", 2, 1))
-    release = limiter._release(acct, "x-1")
-    assert [op for op, _ in acct.batch] == [("a", "x-1", "a", 2, 1)]  # the release is held
+    acquire = acct.ops.submit(Op.acquire("x-1", tenant("a", 2)))
+    release = acct.ops.release("x-1")
+    assert [op for op, _ in acct.ops.batch] == [Op("a", "x-1", "a", 2, 1)]  # the release is held
     assert await acquire == 1
     await release
     await redises.assert_clean()
@@ -633,6 +621,6 @@ async def test_a_lease_redis_lost_is_not_kept(redises: Redises) -> None:
     acct = limiter._accounts["main"]
     (lease_id,) = acct.held
     await redises.client.zrem(redises.key("leases"), lease_id)  # as if it had expired
-    await wait_for(lambda: lease_id not in acct.held)  # the heartbeat says it is lost
+    await until(lambda: lease_id not in acct.held, what="the heartbeat saying it is lost")
     await lease.release()
-    assert not acct.spare  # a slot Redis no longer counts is not handed out again
+    assert not acct.kept  # a slot Redis no longer counts is not handed out again
