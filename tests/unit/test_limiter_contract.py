@@ -12,7 +12,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -23,7 +23,6 @@ from gateway.limits.base import AdaptiveLimits, Lease, Limiter
 from gateway.limits.memory import MemoryLimiter
 from gateway.limits.redis import RedisLimiter
 from tests.poll import until
-from tests.procs import redis_server
 
 
 def account(limit: int, name: str = "main") -> Account:
@@ -100,12 +99,6 @@ async def wait_queued(backend: Backend, n: int, timeout_s: float = 5.0) -> None:
         return await backend.queued() == n
 
     await until(queued, timeout_s, f"{n} queued")
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["memory", "redis"])

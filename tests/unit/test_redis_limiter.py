@@ -29,7 +29,7 @@ from gateway.errors import QueueTimeout, Unavailable
 from gateway.limits.redis import RedisLimiter
 from gateway.limits.redis.scripts import Op
 from tests.poll import until, until_sync
-from tests.procs import ROOT, free_port, redis_server
+from tests.procs import ROOT, free_port
 
 ACCOUNT = Account(name="main", api_key="wandb-test", max_concurrency=1)
 
@@ -89,12 +89,6 @@ class Redises:
         for limiter in self.limiters:
             await limiter.close()
         await self.client.aclose()
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
 
 
 @pytest.fixture

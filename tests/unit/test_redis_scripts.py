@@ -4,7 +4,7 @@ ops, replies decoded into named types, against a private redis-server."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -19,19 +19,12 @@ from gateway.limits.redis.scripts import (
     Scripts,
     account_keys,
 )
-from tests.procs import redis_server
 
 
 def tenant(name: str, limit: int) -> Tenant:
     return Tenant(
         name=name, key_hashes=frozenset(), account="main", project="acme/t", max_concurrency=limit
     )
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
 
 
 @pytest.fixture

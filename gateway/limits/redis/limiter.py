@@ -19,14 +19,7 @@ from collections.abc import Mapping
 
 from gateway.config import Account, LimiterSettings, Tenant
 from gateway.errors import Unavailable, retry_headers
-from gateway.limits.base import (
-    AdaptiveLimits,
-    HoldTimes,
-    Lease,
-    Limiter,
-    PoolState,
-    queue_timeout,
-)
+from gateway.limits.base import AdaptiveLimits, HoldTimes, Lease, Limiter, PoolState, queue_timeout
 from gateway.limits.memory import MemoryLimiter
 from gateway.limits.redis.account import RedisAccount, RedisLease, Ticket
 from gateway.limits.redis.batch import unawaited
