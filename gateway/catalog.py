@@ -12,12 +12,11 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.config import Account, Settings, Tenant
 from gateway.errors import GatewayError, ModelNotFound, UpstreamConnectError
-from gateway.upstream import UpstreamClient, classify, wire_failure
+from gateway.upstream import WIRE_ERRORS, UpstreamClient, classify, wire_failure
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +68,14 @@ class Catalog:
             ) as resp:
                 body = await resp.read()
                 status = resp.status
-        except (TimeoutError, aiohttp.ClientError) as exc:  # not retried: the cache covers it
-            verdict = wire_failure(exc, "model list", self._client.settings.read_timeout_s)
-        else:
-            if status == 200:
-                data = orjson.loads(body).get("data", [])
-                return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
-            verdict = classify(status, body, account, project)
+        except WIRE_ERRORS as exc:  # not retried: the cache covers it
+            failure = wire_failure(exc, "model list", self._client.settings.read_timeout_s).error
+            assert failure is not None  # a wire failure always names one
+            raise failure from None
+        if status == 200:
+            data = orjson.loads(body).get("data", [])
+            return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        verdict = classify(status, body, account, project)
         raise verdict.error or UpstreamConnectError(f"W&B answered the model list with {status}")
 
     async def list_for(self, tenant: Tenant) -> list[dict[str, Any]]:

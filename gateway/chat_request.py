@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from gateway.catalog import Catalog
 from gateway.config import Settings, Tenant
 from gateway.errors import BadRequest, ModelNotFound, PermissionDenied
 from gateway.exchange import Call
@@ -43,7 +44,7 @@ def chat_request(
     data = _parse(body)
     model, messages, stream = _fields(data)
     resolved = settings.resolve_model(model)
-    if tenant.models is not None and resolved not in tenant.models:
+    if not Catalog.allowed(tenant, resolved):
         raise ModelNotFound(model)
     price = settings.models.get(resolved)
     if tenant.monthly_budget_usd is not None and spend_usd(price, _ONE) is None:

@@ -38,6 +38,7 @@ from gateway.responses import ClientGone, Responder
 from gateway.sse import StreamMeter
 from gateway.stream_watch import StreamWatch
 from gateway.upstream import (
+    WIRE_ERRORS,
     UpstreamClient,
     Verdict,
     classify,
@@ -54,8 +55,6 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 JSON_HEADER = (b"content-type", b"application/json")
-# Caught around every upstream call; what each means is `wire_failure`'s to say.
-WIRE_ERRORS = (TimeoutError, aiohttp.ClientError)
 
 
 @dataclass(slots=True)
@@ -168,7 +167,7 @@ class Proxy:
             delay = _backoff(run.attempts, settings.backoff_base_s, settings.backoff_max_s)
             if time.monotonic() + delay > call.deadline:
                 raise error
-            self._metrics.retries.labels(call.label, verdict.retry).inc()
+            self._metrics.child(self._metrics.retries, call.label, verdict.retry).inc()
             logger.info(
                 "request %s: upstream attempt %d failed (%s), retrying in %.2fs",
                 call.request_id,

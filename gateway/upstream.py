@@ -174,6 +174,8 @@ def classify(status: int, body: bytes, account: Account, project: str) -> Verdic
 
 
 WireError = TimeoutError | aiohttp.ClientError
+# Caught around every upstream call; what each means is `wire_failure`'s to say.
+WIRE_ERRORS = (TimeoutError, aiohttp.ClientError)
 
 
 def wire_failure(exc: WireError, waiting_for: str, read_timeout_s: float) -> Verdict:
