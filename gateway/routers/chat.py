@@ -99,7 +99,7 @@ class ChatCompletions:
             result = await runtime.proxy.chat(call, client)
         except GatewayError as exc:
             await client.error(exc)
-            result = Result(exc.status, exc.reason, time.monotonic() - start)
+            result = Result(client.status, exc.reason, time.monotonic() - start)
         except ClientGone:
             result = Result(CLIENT_CLOSED, "client_disconnect", time.monotonic() - start)
         record.finished(result)
