@@ -68,14 +68,9 @@ class GatewayError(Exception):
         self.headers = dict(headers or {})
 
     def body(self) -> bytes:
-        return envelope(self.message, self.type, self.param, self.code)
-
-
-def envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
-    """OpenAI's error body."""
-    return orjson.dumps(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    )
+        """OpenAI's error body."""
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return orjson.dumps({"error": error})
 
 
 def render(error: GatewayError) -> tuple[int, RawHeaders, bytes]:
