@@ -97,6 +97,7 @@ async def test_queue_timeout_is_429_with_retry_after(quick_queue: Proc, fake: Pr
     assert int(headers["retry-after"]) >= 1
     assert int(headers["retry-after-ms"]) > 0
     assert "x-should-retry" not in headers
+    assert 250 <= int(headers["x-gateway-queue-ms"]) < 1000  # it waited its 0.3 s queue timeout
     assert stats(fake)["requests"] == 1
     assert_pools_empty(quick_queue)
 
