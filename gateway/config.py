@@ -79,6 +79,15 @@ class ServerSettings(ct.Section):
     shutdown_grace_s: ct.PositiveNumber = 30.0
     # How often the config file (and keys files) are checked for changes; 0 turns it off.
     reload_poll_s: ct.Seconds = 1.0
+    # What one connection may cost before it is authenticated (see README, "Security").
+    max_header_bytes: ct.PositiveInt = 16 * 1024  # request line and headers; 431 past it
+    max_headers: ct.PositiveInt = 100  # header lines; 431 past it
+    header_timeout_s: ct.PositiveNumber = 10.0  # first byte to the end of the headers
+    body_timeout_s: ct.PositiveNumber = 30.0  # end of the headers to the end of the body
+    keepalive_timeout_s: ct.PositiveNumber = 5.0  # an idle keep-alive connection is closed
+    max_connections: ct.PositiveInt = 1000  # open connections per process; past it, refused
+    # Request bodies held in memory by the process, all requests together: past it, 503.
+    max_buffered_body_bytes: ct.PositiveInt = 256 * 1024 * 1024
 
 
 class _AccountEntry(ct.Section):  # as written: the name is its key under `accounts`
@@ -110,6 +119,8 @@ class Tenant(ct.Section):
     projects: frozenset[str] = frozenset()  # other projects it may select via OpenAI-Project
     weight: int = 1
     monthly_budget_usd: float | None = None
+    max_queue: int = 64  # in flight plus waiting for a slot, per process; 429 past it
+    forward_headers: frozenset[str] = frozenset()  # lower-case names also sent upstream
 
 
 def _context(info: ValidationInfo) -> tuple[Path, Mapping[str, Account | None]]:
@@ -128,6 +139,8 @@ class _TenantEntry(ct.Section):
     projects: ct.Projects = frozenset()
     weight: ct.PositiveInt = 1
     monthly_budget_usd: ct.PositiveNumber | None = None
+    max_queue: ct.PositiveInt = 64
+    forward_headers: ct.HeaderNames = frozenset()
 
     @field_validator("keys_file", mode="before")
     @classmethod
@@ -182,12 +195,13 @@ class _TenantEntry(ct.Section):
     def tenant(self, name: str, account: Account, aliases: Mapping[str, str]) -> Tenant:
         limit = account.max_concurrency if self.max_concurrency is None else self.max_concurrency
         models = None if self.models is None else frozenset(aliases.get(m, m) for m in self.models)
-        same = {"account", "project", "projects", "weight", "monthly_budget_usd"}
+        same = {"account", "project", "projects", "weight", "monthly_budget_usd", "max_queue"}
         return Tenant(
             name=name,
             key_hashes=self.hashes,
             max_concurrency=limit,
             models=models,
+            forward_headers=self.forward_headers,
             **self.model_dump(include=same),
         )
 

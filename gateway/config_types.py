@@ -110,6 +110,12 @@ Url = Annotated[
     AfterValidator(lambda url: url.rstrip("/")),
 ]
 Projects = Annotated[frozenset[Project], BeforeValidator(as_list)]
+HeaderName = Annotated[
+    str, Field(strict=True, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"), says("an HTTP header name")
+]
+HeaderNames = Annotated[
+    frozenset[Annotated[HeaderName, AfterValidator(str.lower)]], BeforeValidator(as_list)
+]
 Nodes = Annotated[tuple[tuple[str, int], ...], BeforeValidator(host_ports)]
 Texts = Annotated[tuple[Text, ...], BeforeValidator(as_list)]
 Entries = Annotated[dict[str, Any], BeforeValidator(as_mapping)]
