@@ -40,6 +40,7 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     RequestRefused,
+    UnsupportedEncoding,
     internal_error,
     render,
 )
@@ -81,6 +82,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Gatewa
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
+        redirect_slashes=False,  # `/v1/models/` is a 404, never a redirect built from `Host`
     )
     api.state.lifecycle = lifecycle or Lifecycle()
     api.include_router(openai.router)
@@ -116,21 +118,36 @@ class Gateway:
 
 
 class _Dispatch:
-    """The chat path to its handler (any other method on it: 405), the rest to FastAPI."""
+    """The chat path to its handler (any other method on it: 405), the rest to FastAPI; a
+    compressed request body to no one (415)."""
 
     def __init__(self, api: FastAPI, chat_completions: ASGIApp) -> None:
         self._api = api
         self._chat = chat_completions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"] != chat.PATH:
+        error = _encoded(scope)
+        if error is None and scope["path"] != chat.PATH:
             await self._api(scope, receive, send)
-        elif scope["method"] == "POST":
+        elif error is None and scope["method"] == "POST":
             await self._chat(scope, receive, send)
         else:
-            error = _method_not_allowed(scope, ["POST"])
+            error = error or _method_not_allowed(scope, ["POST"])
             scope["state"]["record"].refused(error)
             await send_error(send, error)
+
+
+def _encoded(scope: Scope) -> GatewayError | None:
+    """A body in a Content-Encoding the gateway does not decode: refused, never passed on as
+    if it were plain (W&B would fail to read it, and the gateway would blame W&B)."""
+    for name, value in scope["headers"]:
+        if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            coding = value.decode("latin-1")[:40]
+            return UnsupportedEncoding(
+                f"The gateway does not accept request bodies with Content-Encoding {coding!r}: "
+                "send the body uncompressed."
+            )
+    return None
 
 
 class _Guard:

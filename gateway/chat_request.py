@@ -1,21 +1,20 @@
 """`chat_request()`: a chat completion's body and headers in, the upstream `Call` out, or a
 `GatewayError` raised. Pure: no I/O, no clock, nothing kept.
 
-Only the fields the gateway needs are read (`model`, `messages`, `stream`, `stream_options`);
-the body goes upstream as sent, but for `model` (an alias resolved) and `stream_options` (the
-gateway always asks for a stream's usage, so every stream is counted; when the client did not
-ask for it, the relay removes it again).
+Only the fields the gateway needs are read (`model`, `messages`, `stream`, `stream_options`;
+see `chat_body`); the body goes upstream as sent, but for `model` (an alias resolved) and
+`stream_options` (the gateway always asks for a stream's usage, so every stream is counted;
+when the client did not ask for it, the relay removes it again), each changed by one splice.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 
 from gateway.catalog import Catalog
+from gateway.chat_body import BodyError, ChatBody, read, splice
 from gateway.config import Settings, Tenant
 from gateway.errors import BadRequest, ModelNotFound, PermissionDenied
 from gateway.exchange import Call
@@ -35,14 +34,17 @@ def chat_request(
     request_id: str,
     start: float,
     label: Callable[[str], str],
+    parsed: ChatBody | None = None,
 ) -> Call:
     """Check the request against the tenant's rights and build the upstream call.
 
     `settings` is the snapshot the request was authenticated under (a reload does not change a
-    request under way); `label` bounds the model name for metrics (`Catalog.label`).
+    request under way); `label` bounds the model name for metrics (`Catalog.label`); `parsed`
+    is `chat_body.read(body)` when the caller read it already (off the loop, for a big body).
     """
-    data = _parse(body)
-    model, messages, stream = _fields(data)
+    if parsed is None:
+        parsed = _read(body)
+    model, stream = _fields(parsed)
     resolved = settings.resolve_model(model)
     if not Catalog.allowed(tenant, resolved):
         raise ModelNotFound(model)
@@ -54,14 +56,11 @@ def chat_request(
             param="model",
             code="model_not_priced",
         )
-    changes, strip_usage = _usage_changes(data)
+    changes, strip_usage = _usage_changes(parsed) if stream else ([], False)
     if resolved != model:
-        changes["model"] = resolved
-    if changes.keys() == {"stream_options"} and "stream_options" not in data:
-        at = body.index(b"{") + 1  # cheap: insert the field, leave every other byte as sent
-        body = body[:at] + _ASK_USAGE + body[at:]
-    elif changes:
-        body = _rewrite(body, changes)
+        changes.append((*parsed.spans["model"], orjson.dumps(resolved)))
+    if changes:
+        body = splice(body, changes)
     account = settings.accounts[tenant.account]
     project = _project(headers, tenant)
     return Call(
@@ -77,62 +76,57 @@ def chat_request(
         start=start,
         deadline=start + settings.limiter.queue_timeout_s,
         strip_usage=strip_usage,
-        messages=messages,
+        prompt_tokens=parsed.prompt_tokens,
     )
 
 
-def _parse(body: bytes) -> Any:
+def _read(body: bytes) -> ChatBody:
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    try:  # orjson refuses some valid JSON (integers past 64 bits): the exact, slower parser
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise BadRequest(
-            "We could not parse the JSON body of your request. Send a JSON object "
-            "with `Content-Type: application/json`."
-        ) from None
+        return read(body)
+    except BodyError as exc:
+        raise BadRequest(exc.message, param=exc.param) from None
 
 
-def _fields(data: Any) -> tuple[str, list[Any], bool]:
-    """`model`, `messages` and `stream`, or the BadRequest naming the field at fault."""
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    model = data.get("model")
+def _fields(parsed: ChatBody) -> tuple[str, bool]:
+    """`model` and `stream`, or the BadRequest naming the field at fault."""
+    model = parsed.fields.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("You must provide a model parameter (a string).", param="model")
-    messages = data.get("messages")
-    if not isinstance(messages, list):
+    if not _is_text(model):
+        raise BadRequest("`model` must be valid Unicode text.", param="model")
+    if parsed.messages_is_list is not True:
         raise BadRequest("`messages` must be a list of message objects.", param="messages")
-    stream = data.get("stream")
+    stream = parsed.fields.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("`stream` must be true or false.", param="stream")
-    return model, messages, bool(stream)
+    return model, bool(stream)
 
 
-def _usage_changes(data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """How to make a stream carry usage: (top-level changes, whether to hide it from the client)."""
-    options = data.get("stream_options")
-    if not data.get("stream") or not isinstance(options, dict | None):
-        return {}, False
-    if options is None:
-        return {"stream_options": {"include_usage": True}}, True
-    if options.get("include_usage") is True:
-        return {}, False
-    return {"stream_options": {**options, "include_usage": True}}, True
-
-
-def _rewrite(body: bytes, changes: dict[str, Any]) -> bytes:
-    """The body with only these top-level fields changed. The stdlib keeps every number exactly
-    as sent (orjson would turn integers past 64 bits into floats); this runs only for aliases
-    and for streams whose `stream_options` must be edited."""
+def _is_text(value: str) -> bool:
+    """No lone surrogate (which `"\\ud800"` in JSON gives): it can be written back as UTF-8."""
     try:
-        data = json.loads(body)
-        data.update(changes)
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-    except RecursionError:
-        raise BadRequest("The request body is nested too deeply.") from None
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _usage_changes(parsed: ChatBody) -> tuple[list[tuple[int, int, bytes]], bool]:
+    """How to make a stream carry usage: (splices, whether to hide usage from the client)."""
+    if "stream_options" not in parsed.fields:  # the first member, every other byte as sent
+        return [(parsed.open_at, parsed.open_at, _ASK_USAGE)], True
+    options = parsed.fields["stream_options"]
+    if options is None:
+        options = {}
+    elif not isinstance(options, dict) or options.get("include_usage") is True:
+        return [], False  # upstream refuses a bad one as it would without the gateway
+    try:
+        value = orjson.dumps({**options, "include_usage": True})
+    except orjson.JSONEncodeError:  # a lone surrogate, an integer past 64 bits
+        raise BadRequest(
+            "`stream_options` holds a value the gateway cannot pass on.", param="stream_options"
+        ) from None
+    return [(*parsed.spans["stream_options"], value)], True
 
 
 def _project(headers: list[tuple[bytes, bytes]], tenant: Tenant) -> str:

@@ -8,7 +8,8 @@ adds the message, the `param` at fault and the headers SDKs act on (`Retry-After
     GatewayError                  500 server_error        internal   a bug (`internal_error`)
     ├── RequestRefused            4xx invalid_request_error bad_request  the framework's own 4xx
     ├── BadRequest                400 invalid_request_error bad_request  the body, a field
-    │   └── PayloadTooLarge       413 payload_too_large
+    │   ├── PayloadTooLarge       413 payload_too_large
+    │   └── UnsupportedEncoding   415 unsupported_content_encoding  a Content-Encoding
     ├── NotFound                  404 invalid_request_error bad_request  unknown path
     │   └── ModelNotFound         404 model_not_found
     ├── MethodNotAllowed          405 invalid_request_error bad_request
@@ -16,10 +17,12 @@ adds the message, the `param` at fault and the headers SDKs act on (`Retry-After
     ├── PermissionDenied          403 permission_error    auth       admin route, project, price
     ├── RateLimited               429 rate_limit_exceeded (a base: retry after the headers' wait)
     │   ├── QueueTimeout          429 rate_limit_exceeded queue_timeout  no slot in time
+    │   ├── TenantQueueFull       429 rate_limit_exceeded tenant_queue_full  max_queue, bodies
     │   └── UpstreamConcurrency   429 rate_limit_exceeded upstream_concurrency  W&B's 429
     ├── InsufficientQuota         429 insufficient_quota  upstream_quota  W&B credits gone
     │   └── BudgetExceeded        429 insufficient_quota  budget_exceeded the tenant's budget
     ├── Unavailable               503 unavailable         unavailable  draining, Redis down
+    │   └── Overloaded            503 overloaded          overloaded   bodies held past the cap
     └── UpstreamError             502 upstream_error      upstream_5xx  W&B failed
         ├── UpstreamAuthError     502 upstream_auth_error upstream_auth  W&B refused our key
         ├── UpstreamOverloaded    503 upstream_overloaded upstream_5xx
@@ -125,6 +128,11 @@ class PayloadTooLarge(BadRequest):
     code = "payload_too_large"
 
 
+class UnsupportedEncoding(BadRequest):
+    status = 415
+    code = "unsupported_content_encoding"
+
+
 class NotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -178,6 +186,16 @@ class QueueTimeout(RateLimited):
         self.waited_s = waited_s
 
 
+class TenantQueueFull(RateLimited):
+    """The tenant already has `max_queue` requests (or half the body budget) in this process:
+    refused before its body is read."""
+
+    reason = "tenant_queue_full"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers=retry_headers(1))
+
+
 class InsufficientQuota(GatewayError):
     """Out of credits or over a budget: retrying cannot help, so tell SDKs not to."""
 
@@ -204,6 +222,16 @@ class Unavailable(GatewayError):
     status = 503
     code = "unavailable"
     reason = "unavailable"
+
+
+class Overloaded(Unavailable):
+    """The process holds `server.max_buffered_body_bytes` of request bodies: come back soon."""
+
+    code = "overloaded"
+    reason = "overloaded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers=retry_headers(1))
 
 
 class UpstreamError(GatewayError):

@@ -7,8 +7,7 @@ Both are frozen: whoever holds one reads it, nobody writes it after it is made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 from gateway.config import Account, Model, Tenant
 from gateway.usage import Usage
@@ -28,11 +27,11 @@ class Call:
     price: Model | None  # the model's prices in the config the request was admitted under
     stream: bool
     body: bytes  # as the client sent it, but for the few fields the gateway changed
-    headers: dict[str, str]  # for upstream, credentials already swapped
+    headers: dict[str, str] = field(repr=False)  # for upstream, with the account's W&B key
     start: float  # monotonic time the request arrived
     deadline: float  # monotonic time after which neither queueing nor retrying goes on
     strip_usage: bool = False  # the gateway asked upstream for stream usage, the client did not
-    messages: Any = None  # the request's messages, to estimate the prompt of a cut stream
+    prompt_tokens: int = 0  # estimated from the messages, for a stream cut before its usage
 
 
 @dataclass(frozen=True, slots=True)

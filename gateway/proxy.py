@@ -45,7 +45,7 @@ from gateway.upstream import (
     response_headers,
     wire_failure,
 )
-from gateway.usage import Usage, estimate_prompt_tokens
+from gateway.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class _Run:
         if meter.usage is not None:  # cut between reading and recording it
             return Usage(meter.usage["prompt_tokens"], meter.usage["completion_tokens"])
         if meter.content_chunks:
-            prompt = estimate_prompt_tokens(call.messages)
+            prompt = call.prompt_tokens
             return Usage(prompt, meter.content_chunks, estimated=True)
         return None
 

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from starlette.types import Receive, Send
 
+from gateway.admission import Ticket
 from gateway.errors import GatewayError, PayloadTooLarge, RawHeaders, render, sse_event
 
 T = TypeVar("T")
@@ -46,11 +47,14 @@ class Responder:
     def started(self) -> bool:
         return self.status != 0
 
-    async def read_body(self, headers: RawHeaders, limit: int) -> bytes:
-        """The whole request body; PayloadTooLarge past `limit`, ClientGone if it leaves."""
-        for name, value in headers:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise _too_large(limit)
+    async def read_body(self, headers: RawHeaders, limit: int, ticket: Ticket) -> bytes:
+        """The whole request body; PayloadTooLarge past `limit`, ClientGone if it leaves.
+
+        A body without a declared length is reserved on `ticket` as it arrives (a declared one
+        was reserved whole at admission, and the server delivers no byte past it)."""
+        declared = content_length(headers)
+        if declared is not None and declared > limit:
+            raise _too_large(limit)
         parts: list[bytes] = []
         size = 0
         while True:
@@ -61,6 +65,8 @@ class Responder:
             size += len(chunk)
             if size > limit:
                 raise _too_large(limit)
+            if declared is None:
+                ticket.grow(len(chunk))
             parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts)
@@ -121,6 +127,14 @@ class Responder:
         finally:
             running = False
             watcher.cancel()
+
+
+def content_length(headers: RawHeaders) -> int | None:
+    """The declared body length; None when absent (chunked) or not a plain number."""
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return None
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 
 from gateway.accounting import Accounting
+from gateway.admission import Admission
 from gateway.budget import Budgets
 from gateway.catalog import Catalog
+from gateway.chat_body import BodyReader
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.limits import Limiter, MemoryLimiter
 from gateway.metrics import LiveState, Metrics
@@ -53,6 +55,8 @@ class Runtime:
         self.proxy = Proxy(self.client, self.limiter, self.metrics)
         self.budgets = Budgets(self.usage)
         self.accounting = Accounting(self.metrics, self.usage)
+        self.admission = Admission(settings.server.max_buffered_body_bytes)
+        self.body_reader = BodyReader()
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
@@ -117,6 +121,7 @@ class Runtime:
         return True
 
     async def close(self) -> None:
+        self.body_reader.close()
         await self.usage.close()
         await self.limiter.close()
         await self.client.close()

@@ -16,12 +16,10 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
@@ -60,23 +58,6 @@ def spend_usd(model: Model | None, usage: Usage) -> float | None:
         usage.prompt_tokens * model.input_usd_per_mtok
         + usage.completion_tokens * model.output_usd_per_mtok
     ) / 1_000_000
-
-
-def estimate_prompt_tokens(messages: Any) -> int:
-    """About four characters a token, over every text part of every message."""
-    chars = 0
-    if isinstance(messages, list):
-        for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):
-                chars += sum(
-                    len(part.get("text") or "")
-                    for part in content
-                    if isinstance(part, dict) and isinstance(part.get("text"), str)
-                )
-    return math.ceil(chars / 4)
 
 
 class UsageStore(ABC):

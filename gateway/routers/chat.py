@@ -13,11 +13,12 @@ import time
 
 from starlette.types import Receive, Scope, Send
 
+from gateway.chat_body import BodyError, BodyReaderGone, ChatBody
 from gateway.chat_request import chat_request
-from gateway.errors import GatewayError
+from gateway.errors import BadRequest, GatewayError, Overloaded
 from gateway.exchange import CLIENT_CLOSED, Call, Result
 from gateway.record import RequestRecord
-from gateway.responses import ClientGone, Responder
+from gateway.responses import ClientGone, Responder, content_length
 from gateway.runtime import Runtime
 
 PATH = "/v1/chat/completions"
@@ -63,9 +64,10 @@ OPENAPI = {
                     (404, "a model the tenant may not use, or unknown upstream"),
                     (405, "another method than POST"),
                     (413, "the body is over server.max_body_bytes"),
-                    (429, "no slot in time, W&B's concurrency limit, quota or budget"),
+                    (415, "a Content-Encoding other than identity"),
+                    (429, "no slot in time, the tenant's max_queue, W&B's limit, quota, budget"),
                     (502, "W&B failed, refused the gateway's key, or cannot be reached"),
-                    (503, "the gateway is shutting down, or W&B is overloaded"),
+                    (503, "shutting down, too many request bodies held, or W&B overloaded"),
                     (504, "W&B was silent for upstream.read_timeout_s"),
                 )
             },
@@ -84,19 +86,26 @@ class ChatCompletions:
         client = Responder(send, receive)
         call: Call | None = None
         try:
-            body = await client.read_body(scope["headers"], settings.server.max_body_bytes)
-            call = chat_request(
-                body,
-                scope["headers"],
-                tenant,
-                settings,
-                request_id=record.request_id,
-                start=start,
-                label=runtime.catalog.label,
-            )
-            record.model = call.label
-            await runtime.budgets.check(tenant)
-            result = await runtime.proxy.chat(call, client)
+            headers = scope["headers"]
+            # Admitted before a byte of the body is read: a tenant past its bounds costs only
+            # this answer, its body stays on the socket.
+            with runtime.admission.enter(tenant, content_length(headers)) as ticket:
+                body = await client.read_body(headers, settings.server.max_body_bytes, ticket)
+                parsed = await _read(runtime, body)
+                call = chat_request(
+                    body,
+                    headers,
+                    tenant,
+                    settings,
+                    request_id=record.request_id,
+                    start=start,
+                    label=runtime.catalog.label,
+                    parsed=parsed,
+                )
+                del body, parsed  # the call holds the one body sent upstream
+                record.model = call.label
+                await runtime.budgets.check(tenant)
+                result = await runtime.proxy.chat(call, client)
         except GatewayError as exc:
             await client.error(exc)
             result = Result(client.status, exc.reason, time.monotonic() - start)
@@ -104,3 +113,12 @@ class ChatCompletions:
             result = Result(CLIENT_CLOSED, "client_disconnect", time.monotonic() - start)
         record.finished(result)
         await runtime.accounting.settle(tenant, call, result)
+
+
+async def _read(runtime: Runtime, body: bytes) -> ChatBody:
+    try:
+        return await runtime.body_reader.read(body)
+    except BodyError as exc:
+        raise BadRequest(exc.message, param=exc.param) from None
+    except BodyReaderGone:
+        raise Overloaded("The gateway could not read the request body: retry it.") from None
