@@ -87,7 +87,7 @@ class ServerSettings(ct.Section):
     keepalive_timeout_s: ct.PositiveNumber = 5.0  # an idle keep-alive connection is closed
     max_connections: ct.PositiveInt = 1000  # open connections per process; past it, refused
     # Request bodies held in memory by the process, all requests together: past it, 503.
-    max_buffered_body_bytes: ct.PositiveInt = 256 * 1024 * 1024
+    max_buffered_body_bytes: ct.PositiveInt = 128 * 1024 * 1024
 
 
 class _AccountEntry(ct.Section):  # as written: the name is its key under `accounts`

@@ -162,7 +162,8 @@ async def _on_shutdown(app: web.Application) -> None:
 
 def build_app(settings: FakeSettings) -> web.Application:
     """The fake upstream as an aiohttp application with fresh state."""
-    app = web.Application(middlewares=[_openai_404])
+    # Bodies as big as the gateway lets through (W&B takes 32 MiB too; aiohttp stops at 1 MiB).
+    app = web.Application(middlewares=[_openai_404], client_max_size=64 * 1024 * 1024)
     app[STATE] = FakeState(settings)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/v1/models", _models)

@@ -154,7 +154,7 @@ async def test_client_disconnect_while_queued_leaves_no_waiter(gateway: Proc, fa
             c.chat.completions.create(
                 model=LLAMA,
                 messages=USER,
-                extra_body={"x_fake": {"delay_s": 0.5}},
+                extra_body={"x_fake": {"delay_s": 2.0}},
             )
         )
         await until(lambda: stats(fake)["requests"] == 1)

@@ -119,3 +119,66 @@ def test_the_project_header_picks_an_allowed_project_only() -> None:
     assert allowed.headers["OpenAI-Project"] == "acme/search-eval"
     error = refused({"model": PHI, "messages": []}, headers=[auth, (b"openai-project", b"x/y")])
     assert isinstance(error, PermissionDenied) and error.code == "project_not_allowed"
+
+
+# One body, read one way (#11): what the gateway reads is what W&B will read.
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"model": "' + PHI.encode() + b'", "model": "other", "messages": []}', "model"),
+        (b'{"model": "gpt-4o-mini", "\\u006dodel": "x", "messages": []}', "model"),  # escaped
+        (b'{"model": "' + PHI.encode() + b'", "messages": [], "messages": []}', "messages"),
+        (b'{"model": "\\ud800", "messages": []}', "model"),  # a lone surrogate, echoed nowhere
+        (b'{"model": "x", "messages": [], "t": NaN}', None),
+        (b'{"model": "x", "messages": []} {}', None),
+        (b'{"model": "x", "messages": [], "n": 1' + b"0" * 5000 + b"}", None),
+        (b"\xef\xbb\xbf{}", None),  # a byte-order mark is not JSON
+        (b'{"model": "x\xff", "messages": []}', None),  # not UTF-8
+    ],
+)
+def test_bodies_two_parsers_could_read_differently_are_400(body: bytes, param: str | None) -> None:
+    error = refused(body)
+    assert isinstance(error, BadRequest) and error.status == 400 and error.param == param
+    assert error.body().decode()  # renders: no surrogate, no traceback
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_utf16_and_utf32_bodies_are_refused_not_corrupted(encoding: str) -> None:
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}).encode(encoding)
+    assert isinstance(refused(body), BadRequest)
+
+
+def test_an_alias_rewrite_is_one_splice_that_keeps_every_other_byte() -> None:
+    tail = b', "messages": [{"role": "user", "content": "\\ud800 caf\xc3\xa9"}], "seed": 1' + (
+        b"0" * 25
+    )
+    body = b'{ "model" : "gpt-4o-mini"' + tail + b"}"
+    c = call(body)
+    assert c.body == b'{ "model" : "' + LLAMA.encode() + b'"' + tail + b"}"
+    streamed = call(b'{"stream": true, "model": "gpt-4o-mini"' + tail + b"}")
+    assert streamed.body == (
+        b'{"stream_options":{"include_usage":true},"stream": true, "model": "'
+        + LLAMA.encode()
+        + b'"'
+        + tail
+        + b"}"
+    )
+
+
+def test_stream_options_null_or_unpassable_are_handled() -> None:
+    c = call({"model": PHI, "stream": True, "messages": [], "stream_options": None})
+    assert json.loads(c.body)["stream_options"] == {"include_usage": True} and c.strip_usage
+    body = b'{"model": "' + PHI.encode() + b'", "stream": true, "messages": [], '
+    error = refused(body + b'"stream_options": {"x": "\\udc00"}}')
+    assert isinstance(error, BadRequest) and error.param == "stream_options"
+    error = refused(body + b'"stream_options": {"x": 1' + b"0" * 30 + b"}}")
+    assert isinstance(error, BadRequest) and error.param == "stream_options"
+
+
+def test_the_prompt_estimate_is_kept_not_the_messages() -> None:
+    c = call({"model": PHI, "messages": [{"role": "user", "content": "x" * 400}]})
+    assert c.prompt_tokens == 100
+    assert "messages" not in Call.__dataclass_fields__
+    assert WANDB_KEY not in repr(c)  # the upstream headers hold the W&B key: not in a repr
