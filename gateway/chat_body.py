@@ -22,7 +22,10 @@ import asyncio
 import json
 import math
 import multiprocessing
+import os
 import re
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -199,7 +202,12 @@ class BodyReader:
         if len(body) < self.offload_bytes:
             return read(body)
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_follow_parent,
+                initargs=(os.getpid(),),
+            )
         pool = self._pool
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, read, body)
@@ -213,6 +221,17 @@ class BodyReader:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def _follow_parent(parent: int) -> None:
+    """In the child: exit when the gateway is gone, even if it was killed and could not say so."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 class BodyReaderGone(Exception):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 
 import orjson
 import pytest
 
 from gateway.chat_body import BodyError, BodyReader, BodyReaderGone, read, splice
+from tests.poll import until_sync
 
 
 def test_only_the_top_level_is_kept_with_byte_offsets_past_non_ascii() -> None:
@@ -107,3 +110,25 @@ def test_a_bad_big_body_is_a_body_error_from_the_child() -> None:
         asyncio.run(run())
     finally:
         reader.close()
+
+
+def test_the_child_exits_when_its_parent_is_killed() -> None:
+    script = (
+        "import asyncio, os, sys\n"
+        "from gateway.chat_body import BodyReader\n"
+        "reader = BodyReader(offload_bytes=16)\n"
+        'asyncio.run(reader.read(b\'{"model": "m", "padding": "xxxxxxxxxxxxxxxx"}\'))\n'
+        "print(*reader._pool._processes, flush=True)\n"  # type: ignore[union-attr]
+        "os.kill(os.getpid(), 9)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    child = int(run.stdout.split()[0])
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    until_sync(gone, 5, "the orphaned body reader's exit")
