@@ -2,8 +2,8 @@
 
 The schema comes from the installed `openai` SDK's request types (the TypedDicts its
 `client.chat.completions.create` takes), not from OpenAI's openapi.yaml, which this repository
-does not ship. `model` is narrowed to the names the fuzz config allows plus a few unknown ones,
-so that cases get past the allow-list and reach the fake upstream, and some do not.
+does not ship. `model` is narrowed to the names the fuzz config knows (models and aliases, so
+that most cases reach the fake upstream and get a completion) plus a few the fake refuses.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from openai.types.chat import completion_create_params as params
 
 PATH = "/v1/chat/completions"
 REF = "#/components/schemas/{model}"
-# Names no config of the fuzz run knows: the gateway forwards them and the fake answers 404.
+# The gateway forwards these and the fake answers 404: two it has never heard of, and one the
+# config prices but W&B has retired.
 UNKNOWN_MODELS = ("gpt-unknown", "acme/Not-A-Model-1B", "deepseek-ai/DeepSeek-R1-0528")
 
 _ERROR = {
