@@ -8,7 +8,7 @@ PORT   ?= 8080
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run demo test check lint typecheck fmt install install-test redis-server clean bench
+.PHONY: run demo test check lint typecheck fmt install install-test redis-server clean bench fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,8 @@ demo: $(STAMP)
 
 ## make check: linters and the type checker.
 check: $(TEST_STAMP)
-	$(BIN)/ruff check gateway tests
-	$(BIN)/ruff format --check gateway tests
+	$(BIN)/ruff check gateway tests fuzz
+	$(BIN)/ruff format --check gateway tests fuzz
 	$(BIN)/mypy
 	$(BIN)/mypy tests
 
@@ -61,6 +61,24 @@ test: $(TEST_STAMP) redis-server check
 ## make bench: gateway vs direct under load (wrk; installs it when missing). BENCH_ARGS=--smoke etc.
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## make fuzz: schemathesis (the gateway's /openapi.json; OpenAI's chat schema from the openai SDK)
+## and hand-made bad requests against a real gateway and fake upstream; fails on any 5xx, error
+## outside OpenAI's envelope, or key in an answer. Not part of `make test`; its own venv, .venv-fuzz.
+## FUZZ_EXAMPLES=300 (cases per operation), FUZZ_SEED, FUZZ_PHASES, FUZZ_ARGS (schemathesis options).
+FUZZ_VENV  := .venv-fuzz
+FUZZ_STAMP := $(FUZZ_VENV)/.installed
+
+$(FUZZ_VENV)/bin/python:
+	$(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/python -m pip install -q --upgrade pip
+
+$(FUZZ_STAMP): pyproject.toml constraints.txt fuzz/constraints.txt | $(FUZZ_VENV)/bin/python
+	$(FUZZ_VENV)/bin/pip install -q -c constraints.txt -c fuzz/constraints.txt -e . openai schemathesis
+	touch $@
+
+fuzz: $(FUZZ_STAMP)
+	$(FUZZ_VENV)/bin/python fuzz/run.py
 
 fmt: $(TEST_STAMP)
 	$(BIN)/ruff format gateway tests
