@@ -81,8 +81,8 @@ fuzz: $(FUZZ_STAMP)
 	$(FUZZ_VENV)/bin/python fuzz/run.py
 
 fmt: $(TEST_STAMP)
-	$(BIN)/ruff format gateway tests
-	$(BIN)/ruff check --fix gateway tests
+	$(BIN)/ruff format gateway tests fuzz
+	$(BIN)/ruff check --fix gateway tests fuzz
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(FUZZ_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
