@@ -16,6 +16,7 @@ from gateway import logs
 from gateway.config import ConfigError, Settings, config_path, load_settings
 from gateway.config_edit import KeyEditError, add_to_config
 from gateway.keys import hash_key, new_key
+from gateway.redact import masked_url
 
 logger = logging.getLogger("gateway")
 
@@ -85,7 +86,9 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     s = _load_or_exit(path)
     print(f"{path}: OK")
     print(f"upstream: {s.upstream.base_url} (retries {s.upstream.retries})")
-    print(f"limiter: {s.limiter.backend}, queue timeout {s.limiter.queue_timeout_s:g}s")
+    limiter = s.limiter
+    where = f" at {masked_url(limiter.redis_url)}" if limiter.backend == "redis" else ""
+    print(f"limiter: {limiter.backend}{where}, queue timeout {limiter.queue_timeout_s:g}s")
     print(f"accounts ({len(s.accounts)}):")
     for a in s.accounts.values():
         print(f"  {a.name}: api_key {_redact(a.api_key)}, max_concurrency {a.max_concurrency}")
