@@ -52,6 +52,8 @@ class UpstreamSettings(ct.Section):
     backoff_max_s: ct.PositiveNumber = 4.0
     models_cache_ttl_s: ct.PositiveNumber = 60.0
     max_connections: ct.PositiveInt = 1000
+    # The whole model-list fetch (connect, answer, body): /v1/models never waits longer.
+    models_timeout_s: ct.PositiveNumber = 10.0
 
 
 class SentinelSettings(ct.Section):
