@@ -3,10 +3,8 @@ anew: grants and reclaims published afterwards arrive again."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 from redis.asyncio import Redis
@@ -14,82 +12,18 @@ from redis.asyncio import Redis
 from gateway.config import Account, LimiterSettings, Tenant
 from gateway.limits.redis import RedisLimiter, heartbeat
 from tests.poll import until
-
-
-@dataclass
-class Relayed:
-    """One connection through the proxy."""
-
-    subscriber: bool = False  # it sent a SUBSCRIBE
-    silent: bool = False  # relays nothing either way any more, and closes nothing: a dead link
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-
-class SilencingProxy:
-    """A TCP relay to redis-server that can let a connection die silently: its bytes are dropped
-    both ways, and no FIN comes, as when a NAT or a proxy forgets an idle connection."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.relayed: list[Relayed] = []
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
-
-    def silence_subscribers(self) -> None:
-        for conn in self.relayed:
-            conn.silent = conn.silent or conn.subscriber
-
-    def subscribers(self) -> int:
-        return sum(conn.subscriber for conn in self.relayed)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        conn = Relayed(writers=[writer, up_writer])
-        self.relayed.append(conn)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
-            while data := await src.read(65536):
-                conn.subscriber = conn.subscriber or (up and b"SUBSCRIBE" in data.upper())
-                if not conn.silent:
-                    dst.write(data)
-                    await dst.drain()
-            if not conn.silent:
-                dst.close()
-
-        conn.tasks = [
-            asyncio.create_task(pipe(reader, up_writer, True)),
-            asyncio.create_task(pipe(up_reader, writer, False)),
-        ]
-        await asyncio.gather(*conn.tasks, return_exceptions=True)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for conn in self.relayed:
-            for task in conn.tasks:
-                task.cancel()
-            for writer in conn.writers:
-                writer.close()
-        await asyncio.gather(*(t for c in self.relayed for t in c.tasks), return_exceptions=True)
-        writers = [w.wait_closed() for c in self.relayed for w in c.writers]
-        await asyncio.gather(*writers, return_exceptions=True)
-        if self.server is not None:
-            await self.server.wait_closed()
+from tests.unit.redis_relay import RedisRelay, port_of
 
 
 @pytest.fixture
-async def proxy(redis_url: str) -> AsyncIterator[SilencingProxy]:
-    relay = SilencingProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+async def proxy(redis_url: str) -> AsyncIterator[RedisRelay]:
+    relay = RedisRelay(port_of(redis_url))
     yield relay
     await relay.close()
 
 
 async def test_a_silently_dead_subscription_is_noticed_and_made_anew(
-    redis_url: str, proxy: SilencingProxy, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, proxy: RedisRelay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(heartbeat, "PUBSUB_PING_S", 0.2)  # the defaults are 1 s and 2 s
     monkeypatch.setattr(heartbeat, "PUBSUB_DEAD_S", 0.5)
