@@ -238,7 +238,8 @@ class Link:
         heard = time.monotonic()
         pinged: float | None = None  # when the PING now unanswered went
         while True:
-            message = await pubsub.get_message(timeout=PUBSUB_PING_S)
+            wait = PUBSUB_PING_S if pinged is None else pinged + PUBSUB_DEAD_S - time.monotonic()
+            message = await pubsub.get_message(timeout=max(wait, 0.01))
             now = time.monotonic()
             if message is not None:  # anything at all, a PONG too, shows the link alive
                 heard, pinged = now, None
