@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError, RedisError
 
@@ -270,18 +271,11 @@ class RedisUsageStore(UsageStore):
         if rows and not self._loaded:
             await self._redis.script_load(APPLY_LUA)
             self._loaded = True
-        pipe = self._redis.pipeline(transaction=False)
-        for key, row in rows.items():
-            args = [(n, "f" if n.endswith("|usd") else "i", v) for n, v in row.items()]
-            fields = [x for n, kind, v in args for x in (n, kind, v if kind == "f" else int(v))]
-            pipe.evalsha(APPLY_SHA, 1, key, self._writer, number, MONTH_TTL_S, *fields)
-        for key in keys:
-            pipe.hget(key, "total|usd")
         try:
-            results = await pipe.execute()
-        except NoScriptError:  # Redis restarted empty: load it again, then send it again
-            self._loaded = False
-            raise
+            results = await self._pipeline(number, rows, keys).execute()
+        except NoScriptError:  # Redis restarted empty (or SCRIPT FLUSH): load it, send again
+            await self._redis.script_load(APPLY_LUA)
+            results = await self._pipeline(number, rows, keys).execute()
         self._batch = None
         self._marked.update(rows)
         if refused := sum(results[: len(rows)]):
@@ -292,6 +286,19 @@ class RedisUsageStore(UsageStore):
             self._totals[key] = float(total or 0.0)
         current = month()
         self._totals = {k: v for k, v in self._totals.items() if f":usage:{current}:" in k}
+
+    def _pipeline(
+        self, number: int, rows: dict[str, dict[str, float]], keys: list[str]
+    ) -> Pipeline:
+        """Batch `number` (`rows`: key -> field -> increment), then the totals of `keys`."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key, row in rows.items():
+            args = [(n, "f" if n.endswith("|usd") else "i", v) for n, v in row.items()]
+            fields = [x for n, kind, v in args for x in (n, kind, v if kind == "f" else int(v))]
+            pipe.evalsha(APPLY_SHA, 1, key, self._writer, number, MONTH_TTL_S, *fields)
+        for key in keys:
+            pipe.hget(key, "total|usd")
+        return pipe
 
     def _start_flusher(self) -> None:
         if self._flusher is None:
