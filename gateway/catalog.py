@@ -3,6 +3,11 @@
 Upstream is the only truth about what is offered (W&B retires models); the config adds prices
 and alias names. `label()` keeps metric labels bounded: a name that is neither configured nor
 listed upstream is counted as `other`.
+
+Upstream's list is fetched once at a time per account, within `upstream.models_timeout_s`, and
+every request that needs it meanwhile waits for that one fetch, no longer. When it fails or
+times out, the list from before (if any) is served for another `models_cache_ttl_s`: a hung W&B
+costs /v1/models one bounded wait per ttl, not 600 s per request behind a lock.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 import orjson
 
 from gateway.config import Account, Settings, Tenant
-from gateway.errors import GatewayError, ModelNotFound, UpstreamConnectError
+from gateway.errors import GatewayError, ModelNotFound, UpstreamConnectError, UpstreamTimeout
 from gateway.upstream import WIRE_ERRORS, UpstreamClient, classify, wire_failure
 
 logger = logging.getLogger(__name__)
@@ -28,7 +33,7 @@ class Catalog:
         self.settings = settings
         self._client = client
         self._cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._fetches: dict[str, asyncio.Future[list[dict[str, Any]]]] = {}
         self._seen: set[str] = set(settings.models)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -43,22 +48,42 @@ class Catalog:
         cached = self._cache.get(account.name)
         if cached and cached[0] > time.monotonic():
             return cached[1]
-        lock = self._locks.setdefault(account.name, asyncio.Lock())
-        async with lock:
-            cached = self._cache.get(account.name)
-            if cached and cached[0] > time.monotonic():
-                return cached[1]
+        fetch = self._fetches.get(account.name)
+        if fetch is None:  # the first to find the list stale fetches it, for everyone
+            fetch = asyncio.ensure_future(self._refresh(account, project))
+            self._fetches[account.name] = fetch
+            fetch.add_done_callback(lambda done: self._fetched(account.name, done))
+        # Shielded: a caller that goes away does not cancel the fetch the others wait for.
+        return await asyncio.shield(fetch)
+
+    def _fetched(self, name: str, fetch: asyncio.Future[list[dict[str, Any]]]) -> None:
+        if self._fetches.get(name) is fetch:
+            del self._fetches[name]
+        if not fetch.cancelled():
+            fetch.exception()  # seen here, so a fetch whose callers all left is not reported
+
+    async def _refresh(self, account: Account, project: str) -> list[dict[str, Any]]:
+        """Fetch the list within models_timeout_s and cache it; else the list from before."""
+        cached = self._cache.get(account.name)
+        timeout_s = self.settings.upstream.models_timeout_s
+        try:
             try:
-                models = await self._fetch(account, project)
-            except GatewayError:
-                if cached:
-                    logger.warning("upstream /models failed; serving the cached list")
-                    return cached[1]
+                async with asyncio.timeout(timeout_s):
+                    models = await self._fetch(account, project)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"W&B sent no model list within upstream.models_timeout_s ({timeout_s:g}s)"
+                ) from None
+        except GatewayError as exc:
+            if not cached:
                 raise
-            ttl = self.settings.upstream.models_cache_ttl_s
-            self._cache[account.name] = (time.monotonic() + ttl, models)
+            logger.warning("upstream /models failed (%s); serving the cached list", exc.code)
+            models = cached[1]
+        else:
             self._seen.update(str(m.get("id")) for m in models)
-            return models
+        ttl = self.settings.upstream.models_cache_ttl_s
+        self._cache[account.name] = (time.monotonic() + ttl, models)
+        return models
 
     async def _fetch(self, account: Account, project: str) -> list[dict[str, Any]]:
         headers = {"Authorization": f"Bearer {account.api_key}", "OpenAI-Project": project}

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from gateway import logs
 from gateway.config import ConfigError, Settings, config_path, load_settings
-from gateway.config_edit import KeyEditError, add_to_config
+from gateway.config_edit import KeyEditError, add_to_config, add_to_keys_file
 from gateway.keys import hash_key, new_key
+from gateway.redact import masked_url
 
 logger = logging.getLogger("gateway")
 
@@ -85,7 +86,9 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     s = _load_or_exit(path)
     print(f"{path}: OK")
     print(f"upstream: {s.upstream.base_url} (retries {s.upstream.retries})")
-    print(f"limiter: {s.limiter.backend}, queue timeout {s.limiter.queue_timeout_s:g}s")
+    limiter = s.limiter
+    where = f" at {masked_url(limiter.redis_url)}" if limiter.backend == "redis" else ""
+    print(f"limiter: {limiter.backend}{where}, queue timeout {limiter.queue_timeout_s:g}s")
     print(f"accounts ({len(s.accounts)}):")
     for a in s.accounts.values():
         print(f"  {a.name}: api_key {_redact(a.api_key)}, max_concurrency {a.max_concurrency}")
@@ -130,10 +133,12 @@ def cmd_keys_new(args: argparse.Namespace) -> None:
         return
     if args.save:
         file = Path(args.save)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with file.open("a") as f:
-            f.write(digest + "\n")
-        file.chmod(0o600)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            add_to_keys_file(file, digest, mode=0o600)  # locked, atomic, never world-readable
+        except (OSError, KeyEditError) as exc:
+            print(f"keys new: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
     print(f"key:  {key}")
     print(f"hash: {digest}")
     if args.save:

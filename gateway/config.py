@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, cast
 
@@ -30,10 +30,16 @@ from pydantic import (
 
 from gateway import config_types as ct
 from gateway.keys import KEY_HASH_RE
+from gateway.redact import masked_url, yaml_problem
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 M = TypeVar("M", bound=BaseModel)
+# Concurrency limits and weights: the Redis limiter's Lua counts in doubles, exact up to 2**53.
+MAX_LIMIT = 2**53
+Limit = Annotated[
+    int, Field(strict=True, gt=0, le=MAX_LIMIT), ct.says(f"a positive integer <= {MAX_LIMIT}", int)
+]
 
 
 class UpstreamSettings(ct.Section):
@@ -46,6 +52,8 @@ class UpstreamSettings(ct.Section):
     backoff_max_s: ct.PositiveNumber = 4.0
     models_cache_ttl_s: ct.PositiveNumber = 60.0
     max_connections: ct.PositiveInt = 1000
+    # The whole model-list fetch (connect, answer, body): /v1/models never waits longer.
+    models_timeout_s: ct.PositiveNumber = 10.0
 
 
 class SentinelSettings(ct.Section):
@@ -59,7 +67,7 @@ class SentinelSettings(ct.Section):
 class LimiterSettings(ct.Section):
     backend: Annotated[Literal["memory", "redis"], ct.says("one of memory, redis")] = "memory"
     queue_timeout_s: ct.PositiveNumber = 60.0
-    redis_url: ct.Text = "redis://127.0.0.1:6379/0"
+    redis_url: ct.Text = "redis://127.0.0.1:6379/0"  # may hold a password: see __repr_args__
     lease_ttl_s: ct.PositiveNumber = 30.0
     key_prefix: ct.Text = "igw"
     on_redis_error: Annotated[Literal["local", "reject"], ct.says("one of local, reject")] = "local"
@@ -67,6 +75,11 @@ class LimiterSettings(ct.Section):
     # Redis backend: a released slot stays with its replica this long for the tenant's next
     # request (no round trip), unless someone in the account waits; 0 gives it back at once.
     keep_slots_s: ct.Seconds = 1.0
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The repr (and so every log line of one) shows redis_url with its password masked."""
+        for name, value in super().__repr_args__():
+            yield name, masked_url(value) if name == "redis_url" else value
 
 
 class ServerSettings(ct.Section):
@@ -92,7 +105,7 @@ class ServerSettings(ct.Section):
 
 class _AccountEntry(ct.Section):  # as written: the name is its key under `accounts`
     api_key: ct.Text = Field(repr=False)
-    max_concurrency: ct.PositiveInt
+    max_concurrency: Limit
 
 
 class Account(_AccountEntry):
@@ -134,10 +147,10 @@ class _TenantEntry(ct.Section):
     keys_file: tuple[str, frozenset[str]] | None = None  # (the file, resolved; its hashes)
     account: ct.Text
     project: ct.Project
-    max_concurrency: ct.PositiveInt | None = None  # None: the whole account
+    max_concurrency: Limit | None = None  # None: the whole account
     models: ct.Texts | None = None  # None: every model
     projects: ct.Projects = frozenset()
-    weight: ct.PositiveInt = 1
+    weight: Limit = 1
     monthly_budget_usd: ct.PositiveNumber | None = None
     max_queue: ct.PositiveInt = 64
     forward_headers: ct.HeaderNames = frozenset()
@@ -372,7 +385,7 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
     except UnicodeDecodeError:
         raise ConfigError(source, ["not UTF-8 text"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"not valid YAML: {exc}"]) from exc
+        raise ConfigError(source, [yaml_problem(exc)]) from None
     return parse_settings(raw, source=source, env=env)
 
 

@@ -5,13 +5,23 @@ so comments, order, quoting and layout stay. The gateway reads the file with PyY
 gateway.config), never with ruamel, so before the edited file replaces the old one (atomically) it
 must differ from it only in the tenant's `keys` and load, in gateway.config, to the same keys plus
 the new one.
+
+Every edit, of the config or of a keys file, holds an exclusive lock (`.NAME.lock` beside the
+file, fcntl) from reading the file to replacing it, so edits running at once all land. The new
+text goes to a temporary file beside it, created 0600 (the config may hold a W&B key inline; no
+moment with the umask's mode), written and fsynced, given the old file's mode, then renamed over
+it; a symlinked file (a mounted ConfigMap, say) is edited where the link points.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import secrets
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -31,8 +41,37 @@ def add_to_config(path: Path, tenant: str, digest: str) -> Path:
     """Add a key hash to a tenant; return the file that was changed.
 
     A tenant with a `keys_file` gets the hash appended to that file; otherwise the hash goes
-    into the tenant's `keys` list in the config itself.
+    into the tenant's `keys` list in the config itself. Either under its file's lock.
     """
+    real = Path(os.path.realpath(path))
+    try:
+        with _locked(real):
+            return _add_locked(path, real, tenant, digest)
+    except OSError as exc:
+        raise KeyEditError(f"cannot edit {exc.filename or path}: {exc.strerror}") from None
+
+
+def add_to_keys_file(file: Path, digest: str, mode: int | None = None) -> None:
+    """Add a hash line to a keys file, created if need be; `mode` is the file's afterwards
+    (default: what it was, 0600 for a new file)."""
+    real = Path(os.path.realpath(file))
+    try:
+        with _locked(real):
+            try:
+                text, old_mode = real.read_text(), stat.S_IMODE(real.stat().st_mode)
+            except FileNotFoundError:
+                text, old_mode = "", 0o600
+            if text and not text.endswith("\n"):  # a last line without its newline
+                text += "\n"
+            temp = _write_temp(real, text + digest + "\n")
+            _put(temp, real, old_mode if mode is None else mode)
+    except OSError as exc:
+        raise KeyEditError(f"cannot edit {exc.filename or file}: {exc.strerror}") from None
+
+
+def _add_locked(path: Path, real: Path, tenant: str, digest: str) -> Path:
+    """The edit, its lock held: `path` read as the gateway reads it, `real` (where a symlink
+    points) rewritten."""
     try:
         settings = load_settings(path)
     except ConfigError as exc:
@@ -40,7 +79,7 @@ def add_to_config(path: Path, tenant: str, digest: str) -> Path:
     if tenant not in settings.tenants:
         known = ", ".join(sorted(settings.tenants))
         raise KeyEditError(f"{path}: no tenant {tenant!r} (known: {known})")
-    text = path.read_text()
+    text = real.read_text()
     yaml = YAML()  # round-trip
     yaml.preserve_quotes = True
     yaml.width = 4096  # never re-wrap a long line
@@ -51,8 +90,7 @@ def add_to_config(path: Path, tenant: str, digest: str) -> Path:
         raise KeyEditError(f"{path}: no tenant {tenant!r} under `tenants:` as ruamel.yaml reads it")
     keys_file = str(path.parent / str(entry["keys_file"])) if entry.get("keys_file") else None
     if keys_file in settings.files[1:]:  # as the gateway read it (not a ${VAR} name, say)
-        with open(keys_file, "a") as f:
-            f.write(digest + "\n")
+        add_to_keys_file(Path(keys_file), digest)
         return Path(keys_file)
 
     # ruamel re-indents every block it writes as told: tell it how this file indents.
@@ -74,7 +112,7 @@ def add_to_config(path: Path, tenant: str, digest: str) -> Path:
             f"{path}: adding the key to tenants.{tenant} would rewrite other lines of the file; "
             "add the hash that `inference-gateway keys new` prints by hand"
         )
-    _replace(path, out.getvalue(), tenant, settings.tenants[tenant].key_hashes | {digest})
+    _replace(real, out.getvalue(), tenant, settings.tenants[tenant].key_hashes | {digest})
     return path
 
 
@@ -111,14 +149,63 @@ def _add_key(entry: CommentedMap, digest: str) -> tuple[int, int]:
 
 def _replace(path: Path, text: str, tenant: str, expected: frozenset[str]) -> None:
     """Write `text` over `path` atomically, once it loads with the tenant's keys `expected`."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    temp.write_text(text)
+    temp = _write_temp(path, text)
     try:
         if load_settings(temp).tenants[tenant].key_hashes != expected:
             raise KeyEditError(f"{path}: could not place the key under tenants.{tenant}")
-        temp.chmod(path.stat().st_mode & 0o777)
-        os.replace(temp, path)
+        _put(temp, path, stat.S_IMODE(path.stat().st_mode))
     except ConfigError as exc:
         raise KeyEditError(f"the edited file would be invalid: {exc}") from None
     finally:
         temp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the lock of `path` for the whole edit: an exclusive flock of `.NAME.lock` beside it,
+    removed when done. Whoever took the lock on a file since removed locks nothing: try again."""
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # before the lock goes, so no one takes a removed file
+        os.close(fd)
+
+
+def _write_temp(path: Path, text: str) -> Path:
+    """A new file beside `path` holding `text`, mode 0600 from its creation, on disk."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with open(fd, "w", closefd=False) as f:
+            f.write(text)
+        os.fsync(fd)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+    return temp
+
+
+def _put(temp: Path, path: Path, mode: int) -> None:
+    """Rename `temp` over `path`, with `mode` (its old file's), and make the rename durable."""
+    try:
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

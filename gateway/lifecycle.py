@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
-import os
 import signal
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
+from gateway.config import ConfigError, load_settings
 from gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -92,20 +94,35 @@ class GracefulServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def _stamp(paths: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
-    stamps = []
+def _fingerprint(paths: tuple[str, ...]) -> tuple[tuple[str, bytes | None], ...]:
+    """Each file's SHA-256, None if it cannot be read. A change is a change of the bytes, whatever
+    the mtime says: a copy that keeps it (`cp -p`, a restore), a clock step, or two writes
+    within one tick of a coarse mtime must not leave a revoked key valid."""
+    digests: list[tuple[str, bytes | None]] = []
     for path in paths:
         try:
-            stamps.append((path, os.stat(path).st_mtime))
+            digests.append((path, hashlib.sha256(Path(path).read_bytes()).digest()))
         except OSError:
-            stamps.append((path, -1.0))
-    return tuple(stamps)
+            digests.append((path, None))
+    return tuple(digests)
+
+
+def _problem(source: str) -> str | None:
+    """What is wrong with the config file now, or None if it loads."""
+    try:
+        load_settings(source)
+    except ConfigError as exc:
+        return "; ".join(exc.problems)
+    return None
 
 
 async def watch_config(runtime: Runtime, poll_s: float, wake: asyncio.Event) -> None:
-    """Reload when the config file or a keys file changes (checked every poll_s), or on `wake`
-    (set by SIGHUP). Cheap: a stat per file per poll."""
-    seen = _stamp(runtime.settings.files)
+    """Reload when the content of the config file or of a keys file changes (checked every
+    poll_s), or on `wake` (set by SIGHUP). A reload that failed is tried again at every poll
+    until one succeeds (it may wait on a keys file not yet written, or one not watched yet), its
+    failure logged once, not per poll. A poll reads and hashes each file, off the event loop."""
+    seen = await asyncio.to_thread(_fingerprint, runtime.settings.files)
+    failed: str | None = None  # what the last reload's failure said, until one succeeds
     while True:
         try:
             async with asyncio.timeout(poll_s if poll_s > 0 else None):
@@ -114,14 +131,33 @@ async def watch_config(runtime: Runtime, poll_s: float, wake: asyncio.Event) -> 
             pass
         forced = wake.is_set()
         wake.clear()
-        now = _stamp(runtime.settings.files)
-        if forced or now != seen:
-            logger.info("config %s: reloading", "SIGHUP" if forced else "file changed")
-            try:
-                runtime.reload()
-            except Exception:  # a bug must not end live reloads for the life of the process
-                logger.exception("config reload failed; the running config stays in force")
-            seen = _stamp(runtime.settings.files)
+        files = runtime.settings.files
+        now = await asyncio.to_thread(_fingerprint, files)
+        if forced or now != seen or failed is not None:
+            why = "SIGHUP" if forced else "file changed" if now != seen else "retrying"
+            failed = await _reload(runtime, why, None if forced else failed)
+            if runtime.settings.files != files:  # a reload that names other keys files
+                now = await asyncio.to_thread(_fingerprint, runtime.settings.files)
+            seen = now
+
+
+async def _reload(runtime: Runtime, why: str, failed: str | None) -> str | None:
+    """Reload; None once it succeeds, else what failed. A retry that would fail as `failed` did
+    is not made (nor logged) again."""
+    source = runtime.settings.source
+    if failed is not None and await asyncio.to_thread(_problem, source) == failed:
+        return failed
+    if failed is None:  # a retry logs only what it changes: its success, or a new failure
+        logger.info("config %s: reloading", why)
+    try:
+        if runtime.reload():
+            return None
+    except Exception as exc:  # a bug must not end live reloads for the life of the process
+        failure = f"{type(exc).__name__}: {exc}"
+        if failure != failed:
+            logger.exception("config reload failed; the running config stays in force")
+        return failure
+    return await asyncio.to_thread(_problem, source) or "refused"
 
 
 @contextlib.asynccontextmanager

@@ -5,7 +5,9 @@ table (USD per million tokens). The store is in memory for one process, or in Re
 every replica, surviving restarts) when the limiter uses Redis:
 
     {prefix}:usage:{YYYY-MM}:{tenant}   HASH  "<model>|prompt", "<model>|completion" (HINCRBY),
-                                              "<model>|usd" and "total|usd" (HINCRBYFLOAT)
+                                              "<model>|usd" and "total|usd" (HINCRBYFLOAT),
+                                              "flush|<writer>": the last batch applied from
+                                              one gateway process (see RedisUsageStore)
 
 Keys expire 40 days after their month's last write, so old months clean themselves up.
 """
@@ -13,24 +15,47 @@ Keys expire 40 days after their month's last write, so old months clean themselv
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
+import hashlib
 import logging
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import Model
 
 logger = logging.getLogger(__name__)
 
 MONTH_TTL_S = 40 * 24 * 3600
+# One tenant-month's increments from one process, applied once however often they are sent: the
+# hash keeps the number of the last batch it applied from that process ("flush|<writer>") and
+# skips one it already has. Never fails half-way: an increment Redis refuses (a field holding no
+# number) is skipped, counted in the reply and logged.
+# KEYS[1]: the hash. ARGV: writer, batch number, ttl (s), then per field: name, "i"|"f", value.
+APPLY_LUA = """
+local mark = 'flush|' .. ARGV[1]
+local refused = 0
+if tonumber(redis.call('HGET', KEYS[1], mark) or '0') < tonumber(ARGV[2]) then
+  for i = 4, #ARGV, 3 do
+    local op = ARGV[i + 1] == 'i' and 'HINCRBY' or 'HINCRBYFLOAT'
+    local done = redis.pcall(op, KEYS[1], ARGV[i], ARGV[i + 2])
+    if type(done) == 'table' and done.err then
+      refused = refused + 1
+    end
+  end
+  redis.call('HSET', KEYS[1], mark, ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return refused
+"""
+APPLY_SHA = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -134,7 +159,7 @@ def _by_model(row: dict[str, float]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for field, value in row.items():
         model, _, kind = field.rpartition("|")
-        if model == "total":
+        if model == "total" or kind not in names:  # the sum, or a writer's mark
             continue
         entry = out.setdefault(
             model, {"prompt_tokens": 0, "completion_tokens": 0, "spend_usd": 0.0}
@@ -148,8 +173,13 @@ class RedisUsageStore(UsageStore):
 
     Nothing here costs a request a Redis round trip: usage is added up locally and written in
     one pipeline every `flush_s`, which also re-reads the month totals of the tenants this
-    replica has seen, so a budget reflects every replica's spend within about `flush_s`. While
-    Redis is away the increments wait (they merge, so they stay small) and are written later.
+    replica has seen, so a budget reflects every replica's spend within about `flush_s`.
+
+    Exactly once while the process lives: what is pending becomes a numbered batch, and a batch
+    whose answer does not come (Redis away, a timeout: it may or may not have been applied) is
+    sent again as it was until one answer does, while newer usage waits beside it, merged (so it
+    stays small). Each hash skips a batch it has already applied (APPLY_LUA). What a process had
+    not written when it dies is lost, so across a crash it is at most once.
     """
 
     def __init__(
@@ -160,7 +190,13 @@ class RedisUsageStore(UsageStore):
         self._sentinel = sentinel
         self._prefix = prefix
         self._flush_s = flush_s
+        self._writer = uuid.uuid4().hex[:16]  # this process, in the hashes' "flush|<writer>"
         self._pending: dict[str, dict[str, float]] = {}  # key -> field -> increment
+        self._batch: tuple[int, dict[str, dict[str, float]]] | None = None  # sent, unanswered
+        self._batches = 0  # numbered so far
+        self._marked: set[str] = set()  # hashes holding this writer's mark
+        self._loaded = False  # APPLY_LUA, in Redis's script cache
+        self._flushing = asyncio.Lock()
         self._totals: dict[str, float] = {}  # key -> month total in Redis at the last flush
         self._flusher: asyncio.Task[None] | None = None
         self._failed_flushes = 0  # in a row, while Redis is away
@@ -169,7 +205,11 @@ class RedisUsageStore(UsageStore):
         return f"{self._prefix}:usage:{month()}:{tenant}"
 
     def _total(self, key: str) -> float:
-        return self._totals.get(key, 0.0) + self._pending.get(key, {}).get("total|usd", 0.0)
+        """The month's spend as Redis had it, plus what is not written yet (asked per request)."""
+        total = self._totals.get(key, 0.0) + self._pending.get(key, {}).get("total|usd", 0.0)
+        if self._batch is not None:
+            total += self._batch[1].get(key, {}).get("total|usd", 0.0)
+        return total
 
     async def _add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> float:
         key = self._key(tenant)
@@ -196,32 +236,50 @@ class RedisUsageStore(UsageStore):
         return _by_model({_text(k): float(v) for k, v in row.items()})
 
     async def flush(self) -> None:
-        pending, self._pending = self._pending, {}
+        """Write the batch left unanswered, if any, else what is pending; re-read the totals."""
+        async with self._flushing:
+            retry = self._batch is not None
+            await self._send()
+            if retry and self._pending:  # what waited beside it goes now, not in flush_s
+                await self._send()
+
+    async def _send(self) -> None:
+        if self._batch is None and self._pending:
+            self._batches += 1
+            self._batch, self._pending = (self._batches, self._pending), {}
+        number, rows = self._batch or (0, {})
         keys = list(self._totals)
-        pipe = self._redis.pipeline(transaction=False)
-        for key, row in pending.items():
-            for name, value in row.items():
-                if name.endswith("|usd"):
-                    pipe.hincrbyfloat(key, name, value)
-                else:
-                    pipe.hincrby(key, name, int(value))
-            pipe.expire(key, MONTH_TTL_S)
-        for key in keys:
-            pipe.hget(key, "total|usd")
+        if rows and not self._loaded:
+            await self._redis.script_load(APPLY_LUA)
+            self._loaded = True
         try:
-            results = await pipe.execute()
-        except RedisConnectionError:
-            # Not sent, or the connection broke: keep them for the next flush. (After a
-            # timeout they may have been applied, so they are not sent twice: lost instead.)
-            for key, row in pending.items():
-                into = self._pending.setdefault(key, {})
-                for name, value in row.items():
-                    into[name] = into.get(name, 0) + value
-            raise
-        for key, total in zip(keys, results[len(results) - len(keys) :], strict=True):
+            results = await self._pipeline(number, rows, keys).execute()
+        except NoScriptError:  # Redis restarted empty (or SCRIPT FLUSH): load it, send again
+            await self._redis.script_load(APPLY_LUA)
+            results = await self._pipeline(number, rows, keys).execute()
+        self._batch = None
+        self._marked.update(rows)
+        if refused := sum(results[: len(rows)]):
+            logger.error(
+                "usage store: Redis refused %d increment(s) (a field is no number)", refused
+            )
+        for key, total in zip(keys, results[len(rows) :], strict=True):
             self._totals[key] = float(total or 0.0)
         current = month()
         self._totals = {k: v for k, v in self._totals.items() if f":usage:{current}:" in k}
+
+    def _pipeline(
+        self, number: int, rows: dict[str, dict[str, float]], keys: list[str]
+    ) -> Pipeline:
+        """Batch `number` (`rows`: key -> field -> increment), then the totals of `keys`."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key, row in rows.items():
+            args = [(n, "f" if n.endswith("|usd") else "i", v) for n, v in row.items()]
+            fields = [x for n, kind, v in args for x in (n, kind, v if kind == "f" else int(v))]
+            pipe.evalsha(APPLY_SHA, 1, key, self._writer, number, MONTH_TTL_S, *fields)
+        for key in keys:
+            pipe.hget(key, "total|usd")
+        return pipe
 
     def _start_flusher(self) -> None:
         if self._flusher is None:
@@ -245,8 +303,16 @@ class RedisUsageStore(UsageStore):
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
-        with contextlib.suppress(RedisError, OSError):
+        try:
             await self.flush()
+            if self._batch is None and self._marked:  # nothing left to send again: no marks
+                pipe = self._redis.pipeline(transaction=False)
+                for key in self._marked:
+                    pipe.hdel(key, f"flush|{self._writer}")
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            if self._batch or self._pending:
+                logger.warning("usage store: Redis unreachable at exit (%s); usage lost", exc)
         await self._redis.aclose()
         if self._sentinel is not None:
             await self._sentinel.aclose()

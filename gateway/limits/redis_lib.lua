@@ -127,8 +127,9 @@ local function tenant_config(tenant)
   if not cfg then
     return 1, 1
   end
-  local limit, weight = string.match(cfg, '^(%d+) (%d+)$')
-  return tonumber(limit), tonumber(weight)
+  -- Digits, as the ops script stores them; tonumber also reads the '1e+14' older versions wrote.
+  local limit, weight = string.match(cfg, '^(%S+) (%S+)$')
+  return tonumber(limit) or 1, tonumber(weight) or 1
 end
 
 -- Hand free account slots to waiting tenants in turn, `weight` grants per turn, skipping

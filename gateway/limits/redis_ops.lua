@@ -21,7 +21,8 @@ for i = 5, #ARGV, 5 do
   local id = ARGV[i + 1]
   if ARGV[i] == 'a' then
     local tenant, tlimit, weight = ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-    redis.call('HSET', TENANTS, tenant, tlimit .. ' ' .. weight)
+    -- The digits as sent: Lua would write a number from 1e14 on as '1e+14'.
+    redis.call('HSET', TENANTS, tenant, ARGV[i + 3] .. ' ' .. ARGV[i + 4])
     if dirty then
       dispatch(limit, now, expiry, channel)
       dirty = false

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.config import Tenant
+from gateway.config import ConfigError, Tenant, parse_settings
 from gateway.limits.redis.scripts import (
     Counts,
     HeartbeatReply,
@@ -19,6 +19,7 @@ from gateway.limits.redis.scripts import (
     Scripts,
     account_keys,
 )
+from tests.procs import base_config
 
 
 def tenant(name: str, limit: int) -> Tenant:
@@ -80,3 +81,57 @@ async def test_no_call_is_sent_while_redis_is_known_to_be_down(client: Redis) ->
     scripts = make_scripts(client, down=True)
     with pytest.raises(RedisConnectionError):
         await scripts.ops(account_keys("t", "main"), 1, [Op.release("r1-1")])
+
+
+@pytest.mark.parametrize("limit", [10**14, 10**15, 2**53])
+async def test_limits_from_1e14_up_are_kept_as_digits(client: Redis, limit: int) -> None:
+    """Lua writes a number from 1e14 on as '1e+14': a limit stored that way was read back as
+    nothing, and the release that dispatched to the queue failed half-way through."""
+    scripts = make_scripts(client)
+    await scripts.load()
+    keys = account_keys(f"t{uuid.uuid4().hex[:8]}", "main")
+    big = Tenant(
+        name="a",
+        key_hashes=frozenset(),
+        account="main",
+        project="acme/t",
+        max_concurrency=limit,
+        weight=limit,
+    )
+    assert await scripts.ops(keys, limit, [Op.acquire("r1-1", big)]) == OpsReply([1], 0)
+    assert await client.hget(keys[-1], "a") == f"{limit} {limit}"
+    # The account's limit lowered to one (an upstream 429): the next request queues ...
+    assert await scripts.ops(keys, 1, [Op.acquire("r1-2", big)]) == OpsReply([0], 1)
+    # ... and the release hands it the slot, reading the tenant's limit and weight back.
+    assert await scripts.ops(keys, limit, [Op.release("r1-1")]) == OpsReply([1], 0)
+    reply = await scripts.heartbeat(keys, limit, [], ["r1-2"], ["a"])
+    assert reply == HeartbeatReply([], ["granted"], Counts(1, 0), [Counts(1, 0)])
+    assert await scripts.ops(keys, limit, [Op.release("r1-2")]) == OpsReply([1], 0)
+
+
+async def test_a_limit_an_older_version_wrote_as_1e14_still_reads(client: Redis) -> None:
+    scripts = make_scripts(client)
+    await scripts.load()
+    keys = account_keys(f"t{uuid.uuid4().hex[:8]}", "main")
+    a = tenant("a", 1)
+    assert await scripts.ops(keys, 1, [Op.acquire("r1-1", a), Op.acquire("r1-2", a)]) == (
+        OpsReply([1, 0], 1)
+    )
+    await client.hset(keys[-1], "a", "1e+14 1")  # as the scripts used to store 10**14
+    assert await scripts.ops(keys, 2, [Op.release("r1-1")]) == OpsReply([1], 0)
+    reply = await scripts.heartbeat(keys, 2, [], ["r1-2"], ["a"])
+    assert reply.tickets == ["granted"]
+
+
+@pytest.mark.parametrize("field", ["max_concurrency", "weight"])
+def test_limits_past_2_53_are_refused_by_the_config(field: str) -> None:
+    raw = base_config("http://127.0.0.1:1")
+    raw["accounts"]["main"]["max_concurrency"] = 2**53  # the largest a tenant may then take
+    raw["tenants"]["search"][field] = 2**53 + 1  # Lua's doubles would round it
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw)
+    assert err.value.problems == [
+        f"tenants.search.{field}: must be a positive integer <= {2**53}, got {2**53 + 1}"
+    ]
+    raw["tenants"]["search"][field] = 2**53
+    assert getattr(parse_settings(raw).tenants["search"], field) == 2**53

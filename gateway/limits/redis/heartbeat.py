@@ -6,7 +6,9 @@ leases every lease_ttl_s/3 (and claim those just granted to its tickets at every
 tickets alive, purge what dead replicas left, dispatch, and report its tickets and the pools'
 state. It is only the safety net for waiting: each replica holds one pub/sub subscription and a
 future per ticket, and a grant wakes the waiter at once. The same subscription hears the
-broadcast that takes kept slots back (kept.py).
+broadcast that takes kept slots back (kept.py). A subscription quiet for PUBSUB_PING_S is PINGed,
+and one that answers nothing within PUBSUB_DEAD_S is dead (a silently dropped connection
+otherwise waits forever): an outage, after which it is made anew.
 
 Outages: a call (or the subscription) that fails marks the link `degraded`, logged once; every
 waiter wakes with "down", kept slots become owed releases, and calls still waiting their turn
@@ -20,16 +22,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.config import LimiterSettings, Tenant
 from gateway.limits.base import PoolState
 from gateway.limits.redis.account import RedisAccount, Ticket
 from gateway.limits.redis.scripts import TROUBLE, HeartbeatReply, Scripts
-from gateway.redis_client import connect
+from gateway.redis_client import SOCKET_TIMEOUT_S, connect
 
 logger = logging.getLogger(__name__)
+
+# The subscription's health check: a PING once it has been quiet this long, and the connection
+# declared dead when no answer has come this long after it (an outage, as any other).
+PUBSUB_PING_S = 1.0
+PUBSUB_DEAD_S = SOCKET_TIMEOUT_S
 
 
 class Link:
@@ -213,21 +222,45 @@ class Link:
 
     async def _listen(self, pubsub: PubSub) -> None:
         try:
-            async for message in pubsub.listen():
-                if message["type"] != "message":
-                    continue
-                if message["channel"] == self._reclaim_channel:
-                    self._reclaim(message["data"])
-                    continue
-                ticket = self._tickets.get(message["data"])
-                if ticket is not None and not ticket.future.done():
-                    ticket.future.set_result("granted")
+            await self._receive(pubsub)
         except TROUBLE as exc:
             if self._listener is asyncio.current_task():
                 self._listener = None
             self.went_down(exc)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _receive(self, pubsub: PubSub) -> None:
+        """Hand each message on; PING a quiet subscription, and call it dead when nothing, not
+        even the PONG, comes back in time. A connection can die without a word (a NAT or a
+        proxy dropping an idle one, a host gone): no FIN ever comes, and a plain read would wait
+        forever while every grant and reclaim sent on it is lost."""
+        heard = time.monotonic()
+        pinged: float | None = None  # when the PING now unanswered went
+        while True:
+            wait = PUBSUB_PING_S if pinged is None else pinged + PUBSUB_DEAD_S - time.monotonic()
+            message = await pubsub.get_message(timeout=max(wait, 0.01))
+            now = time.monotonic()
+            if message is not None:  # anything at all, a PONG too, shows the link alive
+                heard, pinged = now, None
+                self._deliver(message)
+            elif pinged is not None and now - pinged >= PUBSUB_DEAD_S:
+                raise RedisConnectionError(
+                    f"the pub/sub connection answered no PING within {PUBSUB_DEAD_S:g}s"
+                )
+            elif pinged is None and now - heard >= PUBSUB_PING_S:
+                await pubsub.ping()
+                pinged = now
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        if message["type"] != "message":
+            return
+        if message["channel"] == self._reclaim_channel:
+            self._reclaim(message["data"])
+            return
+        ticket = self._tickets.get(message["data"])
+        if ticket is not None and not ticket.future.done():
+            ticket.future.set_result("granted")
 
     def _reclaim(self, leases_key: str) -> None:
         """Someone queued in the account whose leases are at `leases_key`, on any replica."""

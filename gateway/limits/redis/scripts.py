@@ -5,6 +5,10 @@ Each script is `redis_lib.lua` (the key schema and the policy) followed by its b
 `redis_ops.lua` or `redis_heartbeat.lua`, in `gateway/limits/`; their headers say what ARGV
 holds and what they return. Both start ARGV with the same four values: the account's limit,
 the lease ttl (ms), the ticket ttl (ms) and the prefix of the grant channels.
+
+Numbers go as Python ints, which redis-py sends as their digits. What a script stores is those
+ARGV strings, never a number Lua formatted (Lua writes 10**14 as "1e+14", which no pattern for
+digits reads back); config.MAX_LIMIT keeps limits and weights where Lua's doubles are exact.
 """
 
 from __future__ import annotations

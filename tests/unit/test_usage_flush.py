@@ -1,0 +1,133 @@
+"""The usage store's flush when Redis does not answer in time: the increments are kept and
+written later, once, whether or not Redis had applied them before the answer was lost."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.usage import RedisUsageStore, Usage, month
+from tests.poll import until
+from tests.unit.redis_relay import RedisRelay, port_of
+
+TIMEOUT_S = 0.3  # the gateway's is 2 s (gateway.redis_client); the store is the same
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def client(url: str) -> Redis:
+    """As gateway.redis_client makes them: one reconnect, never a retry after a timeout."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=TIMEOUT_S,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+
+
+@pytest.fixture
+async def direct(redis_url: str) -> AsyncIterator[Redis]:
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    yield redis
+    await redis.aclose()
+
+
+def expected(*usages: tuple[int, int, float]) -> dict[str, object]:
+    prompt, completion, usd = (sum(u[i] for u in usages) for i in range(3))
+    return {
+        f"{MODEL}|prompt": prompt,
+        f"{MODEL}|completion": completion,
+        f"{MODEL}|usd": pytest.approx(usd),
+        "total|usd": pytest.approx(usd),
+    }
+
+
+async def counted(direct: Redis, key: str) -> dict[str, float]:
+    """The usage hash as numbers, without the writers' marks."""
+    row = await direct.hgetall(key)
+    return {str(k): float(v) for k, v in row.items() if not str(k).startswith("flush|")}
+
+
+async def add(store: RedisUsageStore, tenant: str, usage: tuple[int, int, float]) -> None:
+    await store.add(tenant, MODEL, Usage(usage[0], usage[1]), usage[2])
+
+
+async def test_a_flush_that_timed_out_before_redis_ran_it_is_written_later(
+    redis_url: str, direct: Redis
+) -> None:
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    key = f"igw:usage:{month()}:{tenant}"
+    store = RedisUsageStore(client(redis_url), None, "igw", flush_s=3600)  # flushed by hand
+    first, second = (1000, 100, 0.25), (10, 1, 0.5)
+    try:
+        await add(store, tenant, first)
+        await direct.execute_command("CLIENT", "PAUSE", "1000", "WRITE")
+        with pytest.raises(RedisTimeoutError):
+            await store.flush()  # Redis held the write, and dropped it when the client gave up
+        await add(store, tenant, second)  # while the first batch waits
+
+        async def flushed() -> bool:
+            await store.flush()
+            return True
+
+        await until(flushed, timeout_s=3, what="a flush Redis answers", ignore=RedisTimeoutError)
+        assert await counted(direct, key) == expected(first, second)
+    finally:
+        await store.close()
+
+
+async def test_a_flush_whose_answer_was_lost_is_not_counted_twice(
+    redis_url: str, direct: Redis
+) -> None:
+    relay = RedisRelay(port_of(redis_url))
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    key = f"igw:usage:{month()}:{tenant}"
+    store = RedisUsageStore(client(await relay.start()), None, "igw", flush_s=3600)
+    zeroth, first, second = (1, 1, 0.125), (1000, 100, 0.25), (10, 1, 0.5)
+    try:
+        await add(store, tenant, zeroth)
+        await store.flush()  # as any flush before Redis got slow
+        await add(store, tenant, first)
+        relay.drop_answers = True
+        with pytest.raises(RedisTimeoutError):
+            await store.flush()
+        # Applied: only the answer was lost.
+        assert await counted(direct, key) == expected(zeroth, first)
+        relay.drop_answers = False
+        await add(store, tenant, second)
+        await store.flush()  # the first batch again, skipped by Redis; then the second
+        assert await counted(direct, key) == expected(zeroth, first, second)
+        assert await store.by_model(tenant) == {
+            MODEL: {"prompt_tokens": 1011, "completion_tokens": 102, "spend_usd": 0.875}
+        }
+        assert await store.spent(tenant) == pytest.approx(0.875)
+    finally:
+        await store.close()
+        await relay.close()
+    assert [k for k in await direct.hkeys(key) if k.startswith("flush|")] == []  # closed: unmarked
+
+
+async def test_the_flusher_keeps_usage_through_a_pause(redis_url: str, direct: Redis) -> None:
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    key = f"igw:usage:{month()}:{tenant}"
+    store = RedisUsageStore(client(redis_url), None, "igw", flush_s=0.05)
+    usages = [(n, 1, 0.125) for n in range(1, 9)]
+    try:
+        await direct.execute_command("CLIENT", "PAUSE", "700", "WRITE")
+        for usage in usages:  # some while Redis is paused, some after
+            await add(store, tenant, usage)
+            await asyncio.sleep(0.15)
+
+        async def all_written() -> bool:
+            return await counted(direct, key) == expected(*usages)
+
+        await until(all_written, timeout_s=3, what="every request's usage written once")
+    finally:
+        await store.close()
