@@ -61,13 +61,13 @@ class SentinelSettings(ct.Section):
 
     master: ct.Text
     nodes: ct.Nodes
-    password: ct.Text | None = Field(default=None, repr=False)
+    password: ct.Secret | None = Field(default=None, repr=False)
 
 
 class LimiterSettings(ct.Section):
     backend: Annotated[Literal["memory", "redis"], ct.says("one of memory, redis")] = "memory"
     queue_timeout_s: ct.PositiveNumber = 60.0
-    redis_url: ct.Text = "redis://127.0.0.1:6379/0"  # may hold a password: see __repr_args__
+    redis_url: ct.Secret = "redis://127.0.0.1:6379/0"  # may hold a password: see __repr_args__
     lease_ttl_s: ct.PositiveNumber = 30.0
     key_prefix: ct.Text = "igw"
     on_redis_error: Annotated[Literal["local", "reject"], ct.says("one of local, reject")] = "local"
@@ -104,7 +104,7 @@ class ServerSettings(ct.Section):
 
 
 class _AccountEntry(ct.Section):  # as written: the name is its key under `accounts`
-    api_key: ct.Text = Field(repr=False)
+    api_key: ct.Secret = Field(repr=False)
     max_concurrency: Limit
 
 

@@ -96,6 +96,7 @@ Price = Annotated[
 ]
 Flag = Annotated[bool, Field(strict=True), says("true or false", bool)]
 Text = Annotated[str, Field(strict=True, pattern=r"\S"), says("a non-empty string")]
+Secret = Annotated[str, Field(strict=True, pattern=r"\S"), says("a non-empty string", echo=False)]
 Project = Annotated[str, Field(strict=True, pattern="^[^/]+/[^/]+$"), says("'<entity>/<project>'")]
 KeyHash = Annotated[
     str, Field(strict=True, pattern=f"^{KEY_HASH_RE.pattern}$"), says(HASH, echo=False)

@@ -124,3 +124,19 @@ async def test_a_limiter_that_cannot_reach_redis_logs_no_password(
         assert all(PASSWORD not in r.getMessage() for r in caplog.records)
     finally:
         await limiter.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("accounts__main__api_key", [SECRET]),
+        ("limiter__redis_url", [f"redis://:{PASSWORD}@redis:6379/0"]),
+        ("limiter__sentinel", {"master": "m", "nodes": ["h:1"], "password": [PASSWORD]}),
+    ],
+)
+def test_a_mistyped_secret_is_refused_without_its_value(path: str, value: object) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings(base_config("http://127.0.0.1:1", **{path: value}))
+    text = "\n".join(err.value.problems)
+    assert "must be a non-empty string" in text
+    assert SECRET not in text and PASSWORD not in text
