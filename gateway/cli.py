@@ -40,7 +40,9 @@ def _load_or_exit(path: Path) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from gateway.http_guard import Bounds, GuardedConfig
 
     path = config_path(args.config)
     settings = _load_or_exit(path)
@@ -60,6 +62,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "log_level": args.log_level,
         "timeout_graceful_shutdown": round(settings.server.shutdown_grace_s),
     }
+    # The HTTP server's own bounds (header size and count, timeouts, connections): see
+    # gateway.http_guard. Under --workers N they reach each worker inside the pickled Config.
+    bounds = Bounds.of(settings.server)
     if args.workers > 1:
         # Each worker is a fresh process: it finds its config and log level in its environment.
         os.environ["GATEWAY_CONFIG"] = str(path)
@@ -68,7 +73,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
             # Workers import prometheus-client after this is set: their samples go to files
             # there, and /metrics sums them. A fresh folder, so no old run's counts add up.
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
-        uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **common)
+        # What uvicorn.run does for workers, with our Config (uvicorn.run builds its own).
+        config = GuardedConfig(
+            "gateway.app:app_from_env", bounds, factory=True, workers=args.workers, **common
+        )
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
     else:
         from gateway.app import create_app
         from gateway.lifecycle import GracefulServer, Lifecycle
@@ -77,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         grace = settings.server.shutdown_grace_s
         # uvicorn's own grace covers what is left after ours (see gateway.lifecycle).
         common["timeout_graceful_shutdown"] = 5
-        config = uvicorn.Config(create_app(settings, lifecycle), **common)
+        config = GuardedConfig(create_app(settings, lifecycle), bounds, **common)
         GracefulServer(config, lifecycle, grace).run()
 
 

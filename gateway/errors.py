@@ -9,7 +9,9 @@ adds the message, the `param` at fault and the headers SDKs act on (`Retry-After
     ├── RequestRefused            4xx invalid_request_error bad_request  the framework's own 4xx
     ├── BadRequest                400 invalid_request_error bad_request  the body, a field
     │   ├── PayloadTooLarge       413 payload_too_large
-    │   └── UnsupportedEncoding   415 unsupported_content_encoding  a Content-Encoding
+    │   ├── UnsupportedEncoding   415 unsupported_content_encoding  a Content-Encoding
+    │   ├── HeaderTooLarge        431 request_header_too_large  head over the server's bounds
+    │   └── RequestTimeout        408 request_timeout  headers or body too slow to arrive
     ├── NotFound                  404 invalid_request_error bad_request  unknown path
     │   └── ModelNotFound         404 model_not_found
     ├── MethodNotAllowed          405 invalid_request_error bad_request
@@ -131,6 +133,23 @@ class PayloadTooLarge(BadRequest):
 class UnsupportedEncoding(BadRequest):
     status = 415
     code = "unsupported_content_encoding"
+
+
+class HeaderTooLarge(BadRequest):
+    """The request line and headers past `server.max_header_bytes`, or more header lines than
+    `server.max_headers`: answered by the HTTP server (`gateway.http_guard`), the app never sees
+    the request."""
+
+    status = 431
+    code = "request_header_too_large"
+
+
+class RequestTimeout(BadRequest):
+    """The headers not in within `server.header_timeout_s`, or the body within
+    `server.body_timeout_s`: answered by the HTTP server, then the connection is closed."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class NotFound(GatewayError):

@@ -138,6 +138,11 @@ class Metrics:
             "Tokens estimated by the gateway because a stream ended before upstream's usage",
             "model",
         )
+        self.connections_refused = counter(
+            "gateway_connections_refused",
+            "Connections the HTTP server answered itself and closed, by bound (see http_guard)",
+            "reason",
+        )
 
     def _histograms(self) -> None:
         def histogram(name: str, what: str, label: str, buckets: tuple[float, ...]) -> Histogram:
