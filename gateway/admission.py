@@ -71,7 +71,7 @@ class Admission:
         if (left := self._bytes.get(name, 0) - size) > 0:
             self._bytes[name] = left
         else:
-            del self._bytes[name]
+            self._bytes.pop(name, None)
         if (count := self._requests[name] - 1) > 0:
             self._requests[name] = count
         else:

@@ -47,14 +47,11 @@ class Responder:
     def started(self) -> bool:
         return self.status != 0
 
-    async def read_body(self, headers: RawHeaders, limit: int, ticket: Ticket) -> bytes:
+    async def read_body(self, declared: int | None, limit: int, ticket: Ticket) -> bytes:
         """The whole request body; PayloadTooLarge past `limit`, ClientGone if it leaves.
 
         A body without a declared length is reserved on `ticket` as it arrives (a declared one
         was reserved whole at admission, and the server delivers no byte past it)."""
-        declared = content_length(headers)
-        if declared is not None and declared > limit:
-            raise _too_large(limit)
         parts: list[bytes] = []
         size = 0
         while True:
@@ -129,10 +126,12 @@ class Responder:
             watcher.cancel()
 
 
-def content_length(headers: RawHeaders) -> int | None:
-    """The declared body length; None when absent (chunked) or not a plain number."""
+def content_length(headers: RawHeaders, limit: int) -> int | None:
+    """The declared body length, None when absent (chunked); PayloadTooLarge past `limit`."""
     for name, value in headers:
         if name == b"content-length" and value.isdigit():
+            if int(value) > limit:
+                raise _too_large(limit)
             return int(value)
     return None
 

@@ -87,10 +87,12 @@ class ChatCompletions:
         call: Call | None = None
         try:
             headers = scope["headers"]
+            limit = settings.server.max_body_bytes
+            declared = content_length(headers, limit)
             # Admitted before a byte of the body is read: a tenant past its bounds costs only
             # this answer, its body stays on the socket.
-            with runtime.admission.enter(tenant, content_length(headers)) as ticket:
-                body = await client.read_body(headers, settings.server.max_body_bytes, ticket)
+            with runtime.admission.enter(tenant, declared) as ticket:
+                body = await client.read_body(declared, limit, ticket)
                 parsed = await _read(runtime, body)
                 call = chat_request(
                     body,
