@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from gateway import config_types as ct
+from gateway.headers import NEVER_FORWARDED_WHY, never_forwarded
 from gateway.keys import KEY_HASH_RE
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
@@ -46,6 +47,9 @@ class UpstreamSettings(ct.Section):
     backoff_max_s: ct.PositiveNumber = 4.0
     models_cache_ttl_s: ct.PositiveNumber = 60.0
     max_connections: ct.PositiveInt = 1000
+    # A stream's `: keep-alive` comment after this much silence from W&B, so that idle timeouts
+    # on the way (load balancers, proxies) do not cut a reasoning model's long first wait.
+    sse_keepalive_s: ct.PositiveNumber = 15.0
 
 
 class SentinelSettings(ct.Section):
@@ -181,6 +185,13 @@ class _TenantEntry(ct.Section):
                 f"({account.max_concurrency}); a tenant's share cannot be larger than the account"
             )
         return limit
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _forwardable(cls, names: frozenset[str]) -> frozenset[str]:
+        if refused := sorted(name for name in names if never_forwarded(name)):
+            raise ValueError(f"{', '.join(refused)} {NEVER_FORWARDED_WHY}")
+        return names
 
     @model_validator(mode="after")
     def _has_keys(self) -> _TenantEntry:
