@@ -7,15 +7,18 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import errors as e
+from gateway.catalog import Catalog
 from gateway.config import Account, ConfigError, parse_settings
 from gateway.errors import render
 from gateway.testing.fake_upstream import ACCOUNT_HEADERS
 from gateway.upstream import (
     MESSAGE_CHARS,
     PASS,
+    UpstreamClient,
     classify,
     client_message,
     refused,
@@ -279,3 +282,35 @@ def test_a_redirect_is_a_502_that_is_not_retried(status: int) -> None:
     verdict = classify(status, b"", ACCOUNT, "acme/search")
     assert type(verdict.error) is e.UpstreamError and verdict.retry is None
     assert verdict.error.status == 502 and "redirect" in verdict.error.message
+
+
+async def test_the_model_list_does_not_follow_a_redirect_either() -> None:
+    hits: list[str] = []
+
+    async def models(request: web.Request) -> web.StreamResponse:
+        hits.append(request.path)
+        return web.Response(status=307, headers={"Location": str(request.url)})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    settings = parse_settings(
+        {
+            "upstream": {"base_url": f"http://127.0.0.1:{port}/v1"},
+            "accounts": {"main": {"api_key": "wandb-secret-key", "max_concurrency": 1}},
+            "tenants": {"t": {"keys": [], "account": "main", "project": "acme/p"}},
+        }
+    )
+    client = UpstreamClient.create(settings.upstream)
+    try:
+        with pytest.raises(e.UpstreamError) as info:
+            await Catalog(settings, client).upstream_models(settings.accounts["main"], "acme/p")
+        assert info.value.status == 502 and "redirect (307)" in info.value.message
+        assert hits == ["/v1/models"]  # asked once, never again where the Location points
+    finally:
+        await client.close()
+        await runner.cleanup()

@@ -5,7 +5,9 @@ Redis's queue, else the fallback) and what a released lease becomes (kept, or gi
 
 Free slots (`free_slots`, for `x-ratelimit-remaining-requests`), without a round trip: this
 replica's own requests holding a slot now, plus the other replicas' as the last heartbeat counted
-them (`_Active`): exact but for what the others did since (at most a heartbeat ago).
+them (`_Active`). Off by what the others did since (at most a heartbeat ago), and by a slot of
+this replica's taken or given back while the heartbeat's own call was on its way: the next
+heartbeat sets both right.
 
 Redis trouble: with on_redis_error=local the limiter falls back to an in-process `MemoryLimiter`
 with the same limits (per process, so N replicas may admit N times the limit) until the link
