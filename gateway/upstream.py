@@ -46,7 +46,7 @@ REDACTED = "[redacted]"
 # control, format and bidi characters, and runs of white space: one space each
 _CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]+")
 _KEY_LIKE = re.compile(r"(?i)\b(?:bearer|basic)\s+\S+|\b[A-Za-z0-9_]{32,}\b")
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")  # from a word's start: linear
 _URL_PATH = re.compile(r"(?i)\b(https?://[^/\s?#]+)[/?#]\S*")
 _NAMED = re.compile(
     r"(?i)\b(entity|team|user|username|org|organi[sz]ation|account)"
