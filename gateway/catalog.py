@@ -89,7 +89,7 @@ class Catalog:
         headers = {"Authorization": f"Bearer {account.api_key}", "OpenAI-Project": project}
         try:
             async with self._client.session.get(
-                self._client.url("/models"), headers=headers
+                self._client.url("/models"), headers=headers, allow_redirects=False
             ) as resp:
                 body = await resp.read()
                 status = resp.status

@@ -72,7 +72,7 @@ def chat_request(
         price=price,
         stream=stream,
         body=body,
-        headers=upstream_headers(headers, account, project, request_id),
+        headers=upstream_headers(headers, account, project, request_id, tenant.forward_headers),
         start=start,
         deadline=start + settings.limiter.queue_timeout_s,
         strip_usage=strip_usage,

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from gateway import config_types as ct
+from gateway.headers import NEVER_FORWARDED_WHY, never_forwarded
 from gateway.keys import KEY_HASH_RE
 from gateway.redact import masked_url, yaml_problem
 
@@ -54,6 +55,9 @@ class UpstreamSettings(ct.Section):
     max_connections: ct.PositiveInt = 1000
     # The whole model-list fetch (connect, answer, body): /v1/models never waits longer.
     models_timeout_s: ct.PositiveNumber = 10.0
+    # A stream's `: keep-alive` comment after this much silence from W&B, so that idle timeouts
+    # on the way (load balancers, proxies) do not cut a reasoning model's long first wait.
+    sse_keepalive_s: ct.PositiveNumber = 15.0
 
 
 class SentinelSettings(ct.Section):
@@ -194,6 +198,13 @@ class _TenantEntry(ct.Section):
                 f"({account.max_concurrency}); a tenant's share cannot be larger than the account"
             )
         return limit
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _forwardable(cls, names: frozenset[str]) -> frozenset[str]:
+        if refused := sorted(name for name in names if never_forwarded(name)):
+            raise ValueError(f"{', '.join(refused)} {NEVER_FORWARDED_WHY}")
+        return names
 
     @model_validator(mode="after")
     def _has_keys(self) -> _TenantEntry:

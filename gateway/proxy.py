@@ -3,14 +3,18 @@
 `Proxy.chat(call, client)` runs the whole exchange and returns its `Result`; it writes to the
 client only through the `Responder`. The body goes upstream as the `Call` has it. Retries happen
 only while no byte has reached the client: a streamed response is committed when its first
-upstream chunk arrives, not before. After that, a failure ends the stream with an SSE error
-event rather than silence. What each upstream answer or wire failure means is decided in
-`gateway.upstream` (`classify`, `wire_failure`): this module only acts on the verdict.
+upstream chunk arrives, or when W&B has answered 200 and then stays silent for
+`upstream.sse_keepalive_s` (a reasoning model thinking), whichever comes first. From then on a
+`: keep-alive` comment goes to the client after every `sse_keepalive_s` of upstream silence, and
+a failure ends the stream with an SSE error event rather than silence. What each upstream answer
+or wire failure means is decided in `gateway.upstream` (`classify`, `wire_failure`): this module
+only acts on the verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -24,7 +28,6 @@ from yarl import URL
 from gateway.errors import (
     GatewayError,
     QueueTimeout,
-    RequestRefused,
     StreamInterrupted,
     StreamShutDown,
     StreamStalled,
@@ -42,6 +45,7 @@ from gateway.upstream import (
     UpstreamClient,
     Verdict,
     classify,
+    refused,
     response_headers,
     wire_failure,
 )
@@ -54,7 +58,7 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-JSON_HEADER = (b"content-type", b"application/json")
+KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: clients skip it, idle timers on the way reset
 
 
 @dataclass(slots=True)
@@ -141,6 +145,8 @@ class Proxy:
         timeout = max(call.deadline - time.monotonic(), 0.001)
         lease = await self._limiter.acquire(call.account, call.tenant, timeout)
         run.queue_s = client.queue_s = lease.queue_s
+        free = functools.partial(self._limiter.free_slots, call.account, call.tenant)
+        client.rate_limit(call.tenant.max_concurrency, free)
         try:
             await self._attempts(call, client, run)
         finally:
@@ -190,9 +196,12 @@ class Proxy:
                         data=call.body,
                         headers=call.headers,
                         timeout=self._stream_timeout,
+                        allow_redirects=False,
                     )
             else:
-                resp = await post(self._url, data=call.body, headers=call.headers)
+                resp = await post(
+                    self._url, data=call.body, headers=call.headers, allow_redirects=False
+                )
         except WIRE_ERRORS as exc:
             m.child(m.upstream_requests, call.account.name, call.label, "error").inc()
             return wire_failure(exc, "response", read_timeout)
@@ -217,9 +226,11 @@ class Proxy:
                 resp.release()
             else:
                 resp.close()  # upstream must see the request go away at once
-        verdict = classify(resp.status, body, call.account, call.tenant.project)
-        if verdict.error is None:
-            await self._pass_error(resp.status, body, client, run)
+        project = call.headers.get("OpenAI-Project", call.tenant.project)
+        verdict = classify(resp.status, body, call.account, project, call.model)
+        if verdict.error is None:  # the caller's own business: theirs to see, in OpenAI's shape
+            run.reason = "bad_request"
+            await client.error(refused(resp.status, body, call.account, project, call.model))
             return None
         return verdict
 
@@ -239,23 +250,30 @@ class Proxy:
     async def _relay_stream(
         self, resp: aiohttp.ClientResponse, call: Call, client: Responder, run: _Run
     ) -> Verdict | None:
-        read_timeout = self._settings.read_timeout_s
+        settings = self._settings
+        read_timeout, keepalive = settings.read_timeout_s, settings.sse_keepalive_s
         chunks = resp.content.iter_any()
+        first: bytes | None = None
         try:
-            async with asyncio.timeout(read_timeout):
+            async with asyncio.timeout(min(read_timeout, keepalive)) as waited:
                 first = await anext(chunks)
         except StopAsyncIteration:
             return Verdict(
                 UpstreamError("W&B ended the stream before any data"), "upstream_connect"
             )
         except WIRE_ERRORS as exc:
-            return wire_failure(exc, "stream data", read_timeout)
+            if not (waited.expired() and keepalive < read_timeout):
+                return wire_failure(exc, "stream data", read_timeout)
+            # W&B is thinking: commit the 200 and keep the connection warm while it does.
 
         meter = run.meter = StreamMeter(call.strip_usage)
-        await client.start(200, SSE_HEADERS)
-        await client.chunk(meter.feed(first))
-        run.first_byte_s = time.monotonic() - call.start
-        ending = await self._relay_rest(chunks, meter, client, run)
+        await client.start(200, [*SSE_HEADERS, *response_headers(resp.headers, stream=True)])
+        if first is None:
+            await client.chunk(KEEPALIVE)
+        else:
+            await client.chunk(meter.feed(first))
+            run.first_byte_s = time.monotonic() - call.start
+        ending = await self._relay_rest(chunks, meter, client, run, call)
         if meter.usage is not None:
             run.usage = Usage(meter.usage["prompt_tokens"], meter.usage["completion_tokens"])
         if run.reason:
@@ -264,27 +282,41 @@ class Proxy:
         return None
 
     async def _relay_rest(
-        self, chunks: AsyncIterator[bytes], meter: StreamMeter, client: Responder, run: _Run
+        self,
+        chunks: AsyncIterator[bytes],
+        meter: StreamMeter,
+        client: Responder,
+        run: _Run,
+        call: Call,
     ) -> bytes:
-        """Relay the stream after its first chunk; return its last bytes (the tail, or the
-        error event that ends it early)."""
-        watch = StreamWatch(self._settings.read_timeout_s)
+        """Relay the stream after its start, its first chunk relayed (`run.first_byte_s` set)
+        or not yet come; return its last bytes (the tail, or the error event that ends it
+        early). A keep-alive the watch asks for goes out between two reads of upstream."""
+        settings = self._settings
+        silent_s = 0.0 if run.first_byte_s is not None else settings.sse_keepalive_s
+        watch = StreamWatch(settings.read_timeout_s, settings.sse_keepalive_s, silent_s)
         self._streams.add(watch)
+        task = asyncio.current_task()
+        assert task is not None
         cut: StreamInterrupted | None = None
         try:
-            async for chunk in chunks:
-                watch.received += 1
-                relayed = meter.feed(chunk)
-                if relayed:
-                    watch.begun += 1
-                    await client.chunk(relayed)
-                    watch.ended += 1
+            while True:
+                try:
+                    await self._relay_chunks(chunks, meter, client, run, call, watch)
+                    break
+                except asyncio.CancelledError:
+                    if watch.fired != watch.KEEPALIVE:
+                        raise
+                    watch.fired = None
+                    if task.uncancel() > 0:  # not only ours: go on unwinding
+                        raise
+                watch.begun += 1
+                await client.chunk(KEEPALIVE)
+                watch.ended += 1
             ending = meter.flush()
             if not meter.done:
                 cut = StreamInterrupted("W&B ended the stream before it was complete.")
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            assert task is not None
             if watch.fired is None or task.uncancel() > 0:  # not (only) ours: go on unwinding
                 raise
             if watch.fired == watch.CLIENT:
@@ -294,8 +326,10 @@ class Proxy:
                 cut = StreamShutDown(
                     "The gateway is shutting down and cut this stream; retry the request."
                 )
-            else:
+            elif watch.received:
                 cut = StreamStalled("W&B stopped sending mid-stream (upstream.read_timeout_s).")
+            else:
+                cut = StreamStalled("W&B sent no stream data within upstream.read_timeout_s.")
         except aiohttp.ClientError:
             ending = b""
             cut = StreamInterrupted("W&B cut the stream before it was complete.")
@@ -308,19 +342,24 @@ class Proxy:
         return ending + sse_event(cut)
 
     @staticmethod
-    async def _pass_error(status: int, body: bytes, client: Responder, run: _Run) -> None:
-        """An upstream 4xx about the caller's own request: theirs to see, in OpenAI's shape."""
-        run.reason = "bad_request"
-        try:
-            data = orjson.loads(body)
-            shaped = isinstance(data, dict) and isinstance(data.get("error"), dict)
-        except orjson.JSONDecodeError:
-            shaped = False
-        if shaped:
-            await client.whole(status, [JSON_HEADER, (b"content-length", b"%d" % len(body))], body)
-        else:
-            text = body[:500].decode("utf-8", "replace") or f"upstream status {status}"
-            await client.error(RequestRefused(text, status))
+    async def _relay_chunks(
+        chunks: AsyncIterator[bytes],
+        meter: StreamMeter,
+        client: Responder,
+        run: _Run,
+        call: Call,
+        watch: StreamWatch,
+    ) -> None:
+        """Relay upstream's chunks as they come, to the end of its body."""
+        async for chunk in chunks:
+            watch.received += 1
+            relayed = meter.feed(chunk)
+            if relayed:
+                watch.begun += 1
+                await client.chunk(relayed)
+                watch.ended += 1
+                if run.first_byte_s is None:
+                    run.first_byte_s = time.monotonic() - call.start
 
 
 def _backoff(attempt: int, base: float, cap: float) -> float:

@@ -1,16 +1,18 @@
 """What the client of a chat completion sees, written straight to ASGI without a framework.
 
 `Responder` is the client's side of one exchange: it reads the body, writes the response (every
-chat response carries `x-gateway-queue-ms`), knows whether the response has started (after that
-no error status can follow, only an SSE error event) and whether the last byte was handed over,
-and notices the client going away. `send_error` is the same for the middlewares, which answer
+chat response carries `x-gateway-queue-ms`; from admission on, `x-ratelimit-limit-requests` and
+`x-ratelimit-remaining-requests` too: the tenant's concurrency, and its free slots as the
+response starts), knows whether the response has started (after that no error status can
+follow, only an SSE error event) and whether the last byte was handed over, and notices the
+client going away. `send_error` is the same for the middlewares, which answer
 before any handler runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from starlette.types import Receive, Send
@@ -32,7 +34,7 @@ async def send_error(send: Send, error: GatewayError) -> None:
 
 
 class Responder:
-    __slots__ = ("_receive", "_send", "complete", "queue_s", "status")
+    __slots__ = ("_free_slots", "_limit", "_receive", "_send", "complete", "queue_s", "status")
 
     def __init__(self, send: Send, receive: Receive) -> None:
         self._send = send
@@ -42,6 +44,8 @@ class Responder:
         # The last byte was handed to the server. After that, `receive()` says `http.disconnect`
         # as a matter of course: it must not count as the client leaving.
         self.complete = False
+        self._limit = b""
+        self._free_slots: Callable[[], int] | None = None
 
     @property
     def started(self) -> bool:
@@ -68,12 +72,25 @@ class Responder:
             if not message.get("more_body", False):
                 return b"".join(parts)
 
+    def rate_limit(self, limit: int, free_slots: Callable[[], int]) -> None:
+        """The request was admitted: its response says the tenant's `limit`, and `free_slots()`
+        as it starts (a failed request's own slot is back by then)."""
+        self._limit = b"%d" % limit
+        self._free_slots = free_slots
+
     async def start(self, status: int, headers: RawHeaders) -> None:
         self.status = status
         queue_ms = (b"x-gateway-queue-ms", b"%d" % round(self.queue_s * 1000))
-        await self._send(
-            {"type": "http.response.start", "status": status, "headers": [*headers, queue_ms]}
-        )
+        if self._free_slots is None:
+            headers = [*headers, queue_ms]
+        else:
+            headers = [
+                *headers,
+                queue_ms,
+                (b"x-ratelimit-limit-requests", self._limit),
+                (b"x-ratelimit-remaining-requests", b"%d" % self._free_slots()),
+            ]
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def chunk(self, body: bytes) -> None:
         await self._send({"type": "http.response.body", "body": body, "more_body": True})

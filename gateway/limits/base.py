@@ -56,6 +56,12 @@ class Limiter(ABC):
     def pools(self) -> list[PoolState]:
         """Every pool's current state."""
 
+    @abstractmethod
+    def free_slots(self, account: Account, tenant: Tenant) -> int:
+        """How many more requests `tenant` could start now without waiting, in its own pool
+        and in its account's, from what this process already knows (never a round trip): the
+        `x-ratelimit-remaining-requests` of its answers."""
+
     async def start(self) -> None:  # noqa: B027 (an optional hook)
         """Connect; called once from the app's lifespan."""
 

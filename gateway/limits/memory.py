@@ -216,6 +216,16 @@ class MemoryLimiter(Limiter):
                 tpool.credit = tpool.weight
                 ring.rotate(-1)
 
+    def free_slots(self, account: Account, tenant: Tenant) -> int:
+        apool = self._accounts.get(account.name)
+        if apool is None:  # nothing admitted for the account yet
+            return min(tenant.max_concurrency, account.max_concurrency)
+        tpool = apool.tenants.get(tenant.name)
+        if tpool is not None and tpool.waiters:  # its next request queues behind them
+            return 0
+        inflight = tpool.inflight if tpool is not None else 0
+        return max(0, min(tenant.max_concurrency - inflight, apool.limit - apool.inflight))
+
     def pools(self) -> list[PoolState]:
         states: list[PoolState] = []
         for apool in self._accounts.values():

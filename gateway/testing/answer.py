@@ -69,6 +69,8 @@ async def write_stream(
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
         await send({**head, "model": call.model, "choices": [choice], **extra})
 
+    if call.think_s > 0 and not await wait(request, state, call.think_s):
+        raise ConnectionResetError("client went away")
     for i in range(call.choices):
         await send_choice(i, {"role": "assistant", "content": ""}, None)
     sent = 0

@@ -12,7 +12,8 @@ Deterministic answers, so tests can compute them independently:
 - ``n`` choices (default 1) carry the same text; ``completion_tokens = tokens * n``.
 
 Per-request knobs ride in a vendor field the real service would ignore:
-``"x_fake": {"delay_s": float, "chunk_delay_s": float, "tokens": int, "cut_after": int}``.
+``"x_fake": {"delay_s": float, "think_s": float, "chunk_delay_s": float, "tokens": int,
+"cut_after": int}`` (``think_s``: a stream's silence between its headers and its first chunk).
 Nothing here touches a socket: ``gateway.testing.answer`` writes what these functions compute.
 """
 
@@ -43,6 +44,7 @@ class Call:
     delay_s: float
     chunk_delay_s: float
     cut_after: int | None
+    think_s: float = 0.0
     hang: bool = False
 
 
@@ -126,6 +128,7 @@ def parse_call(body: object, settings: FakeSettings) -> Call:
         delay_s=_float(knobs, "delay_s", settings.delay_s, "x_fake"),
         chunk_delay_s=_float(knobs, "chunk_delay_s", settings.chunk_delay_s, "x_fake"),
         cut_after=None if knobs.get("cut_after") is None else _int(knobs, "cut_after", 0, "x_fake"),
+        think_s=_float(knobs, "think_s", 0.0, "x_fake"),
     )
 
 

@@ -6,6 +6,10 @@ sockets and by users trying the gateway without a W&B account: authentication (B
 per-project concurrency limits (429), the documented error table, deterministic completions
 (plain JSON and SSE) and a control API under ``/_fake/`` to script faults and inspect traffic.
 
+Every answer but the control API's carries the account-level headers W&B's edge would send
+(``ACCOUNT_HEADERS``: the organisation, rate limits, a cookie, HSTS, CORS, ``alt-svc``): none of
+them is a tenant's business, so a gateway must not relay them.
+
 This module holds the routes, the checks a chat request passes in order (key and project,
 body, queued fault, model, concurrency slot) and the server's lifecycle; it is also the import
 surface for the CLI and the tests. The rest lives beside it in ``gateway.testing``:
@@ -23,7 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -42,6 +47,7 @@ from gateway.testing.settings import (
 from gateway.testing.state import RECORD_LIMIT, STATE, FakeState
 
 __all__ = [
+    "ACCOUNT_HEADERS",
     "DEFAULT_KEY",
     "MODELS_CREATED",
     "RECORD_LIMIT",
@@ -57,6 +63,24 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+ACCOUNT_HEADERS: Final = MappingProxyType(
+    {
+        "openai-organization": "fake-wandb-account-org",
+        "openai-processing-ms": "7",
+        "openai-version": "2020-10-01",
+        "x-ratelimit-limit-requests": "10000",
+        "x-ratelimit-remaining-requests": "9999",
+        "x-ratelimit-reset-requests": "6ms",
+        "x-ratelimit-limit-tokens": "2000000",
+        "x-ratelimit-remaining-tokens": "1999000",
+        "set-cookie": "__cf_bm=fake-account-session; path=/; HttpOnly; Secure",
+        "alt-svc": 'h3=":443"; ma=86400',
+        "strict-transport-security": "max-age=31536000; includeSubDomains; preload",
+        "access-control-allow-origin": "*",
+        "x-request-id": "fake-upstream-request-id",
+    }
+)
 
 
 # --- checks --------------------------------------------------------------------------------
@@ -116,10 +140,14 @@ async def _checked_chat(
             return known_error(fault.kind)
         if fault.kind == "reset" or (fault.kind == "cut" and not call.stream):
             return dropped(request, record)
+        if fault.kind == "redirect":
+            return web.Response(status=307, headers={"Location": str(request.url)})
         if fault.kind == "cut":
             call.cut_after = fault.params["after"]
         elif fault.kind == "delay":
             call.delay_s += fault.params["seconds"]
+        elif fault.kind == "think":
+            call.think_s += fault.params["seconds"]
         else:
             call.hang = True
     if call.model in state.settings.retired or call.model not in state.settings.models:
@@ -153,6 +181,11 @@ async def _openai_404(request: web.Request, handler: Handler) -> web.StreamRespo
         return error(405, message, "invalid_request_error", "method_not_allowed")
 
 
+async def _account_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if not request.path.startswith("/_fake/"):
+        response.headers.update(ACCOUNT_HEADERS)
+
+
 async def _on_shutdown(app: web.Application) -> None:
     app[STATE].closing.set()
 
@@ -166,6 +199,7 @@ def build_app(settings: FakeSettings) -> web.Application:
     app = web.Application(middlewares=[_openai_404], client_max_size=64 * 1024 * 1024)
     app[STATE] = FakeState(settings)
     app.on_shutdown.append(_on_shutdown)
+    app.on_response_prepare.append(_account_headers)
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/_fake/faults", control.add_faults)

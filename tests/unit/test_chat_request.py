@@ -46,11 +46,11 @@ def refused(body: Any, **kw: Any) -> GatewayError:
 
 def test_a_plain_request_goes_up_as_sent_with_the_credentials_swapped() -> None:
     body = b'{"model": "' + PHI.encode() + b'", "messages": [{"role": "user", "content": "hi"}]}'
-    c = call(body, [(b"authorization", b"Bearer sk-gw-caller"), (b"x-custom", b"1")])
+    c = call(body, [(b"authorization", b"Bearer sk-gw-caller"), (b"user-agent", b"1")])
     assert c.body == body  # byte for byte
     assert c.model == c.label == PHI and not c.stream and c.price is SETTINGS.models[PHI]
     assert c.headers["Authorization"] == f"Bearer {WANDB_KEY}"
-    assert c.headers["OpenAI-Project"] == "acme/search" and c.headers["x-custom"] == "1"
+    assert c.headers["OpenAI-Project"] == "acme/search" and c.headers["user-agent"] == "1"
     assert c.headers["X-Request-Id"] == "req_1"
     assert c.deadline == 100.0 + SETTINGS.limiter.queue_timeout_s
 

@@ -3,6 +3,12 @@
 It owns the accounts and the waiting tickets of this replica, the acquire path (a kept slot, else
 Redis's queue, else the fallback) and what a released lease becomes (kept, or given back).
 
+Free slots (`free_slots`, for `x-ratelimit-remaining-requests`), without a round trip: this
+replica's own requests holding a slot now, plus the other replicas' as the last heartbeat counted
+them (`_Active`). Off by what the others did since (at most a heartbeat ago), and by a slot of
+this replica's taken or given back while the heartbeat's own call was on its way: the next
+heartbeat sets both right.
+
 Redis trouble: with on_redis_error=local the limiter falls back to an in-process `MemoryLimiter`
 with the same limits (per process, so N replicas may admit N times the limit) until the link
 (heartbeat.py) sees Redis answer again; with `reject` it raises `Unavailable` meanwhile. Leases
@@ -30,6 +36,42 @@ from gateway.redis_client import SOCKET_TIMEOUT_S
 logger = logging.getLogger(__name__)
 
 
+class _Active:
+    """This replica's requests holding a slot in one account (per tenant, and in all), and the
+    pools as the link's last heartbeat report counted them, with what this replica held at that
+    point: the other replicas' part is the difference. A report is taken in at the first change
+    after it (`sync`), so every change after it counts as this replica's own."""
+
+    __slots__ = ("account", "now", "report", "tenants", "then", "then_total", "total")
+
+    def __init__(self) -> None:
+        self.now: dict[str, int] = {}  # tenant -> this replica's requests holding a slot
+        self.total = 0
+        self.report: list[PoolState] | None = None  # the link's report last taken in
+        self.account = 0  # account in flight, in that report
+        self.tenants: dict[str, int] = {}  # tenant in flight, in that report
+        self.then: dict[str, int] = {}  # `now` when it was taken in
+        self.then_total = 0
+
+    def sync(self, report: list[PoolState] | None) -> None:
+        if report is self.report:
+            return
+        self.report = report
+        self.then, self.then_total = dict(self.now), self.total
+        self.account, self.tenants = 0, {}
+        for state in report or ():
+            kind, _, name = state.name.partition(":")
+            if kind == "tenant":
+                self.tenants[name] = state.inflight
+            else:
+                self.account = state.inflight
+
+    def others(self, tenant: str) -> tuple[int, int]:
+        """The other replicas' requests holding a slot: (the tenant's, the account's)."""
+        theirs = self.tenants.get(tenant, 0) - self.then.get(tenant, 0)
+        return max(0, theirs), max(0, self.account - self.then_total)
+
+
 class RedisLimiter(Limiter):
     def __init__(
         self,
@@ -49,6 +91,7 @@ class RedisLimiter(Limiter):
         self._holds = HoldTimes()
         self._accounts: dict[str, RedisAccount] = {}
         self._tickets: dict[str, Ticket] = {}
+        self._active: dict[str, _Active] = {}  # account -> its requests holding a slot here
         self._released = self._release_lease  # bound once: every lease calls it
         self._link = Link(
             settings,
@@ -163,12 +206,37 @@ class RedisLimiter(Limiter):
         epoch = self._link.epoch
         lease = RedisLease(acct, lease_id, tenant.name, queue_s, claimed, epoch, self._released)
         acct.held[lease_id] = lease
+        self._count(acct.name, tenant.name, 1)
         return lease
+
+    def _count(self, account: str, tenant: str, step: int) -> None:
+        active = self._active.get(account)
+        if active is None:
+            active = self._active[account] = _Active()
+        active.sync(self._link.states.get(account))
+        active.now[tenant] = active.now.get(tenant, 0) + step
+        active.total += step
+
+    def free_slots(self, account: Account, tenant: Tenant) -> int:
+        if self._link.degraded:
+            return self._local.free_slots(account, tenant)
+        acct, active = self._accounts.get(account.name), self._active.get(account.name)
+        if acct is None or active is None:
+            return min(tenant.max_concurrency, account.max_concurrency)
+        active.sync(self._link.states.get(account.name))
+        others, others_in_account = active.others(tenant.name)
+        mine = active.now.get(tenant.name, 0)
+        free = min(
+            tenant.max_concurrency - others - mine,
+            acct.limit() - others_in_account - active.total,
+        )
+        return max(0, free)
 
     def _release_lease(self, lease: RedisLease, held_s: float) -> asyncio.Future[int] | None:
         """What a released lease becomes: a kept slot (None), or a release (its answer)."""
         acct = lease.account
         held = acct.held.pop(lease.id, None) is lease  # not if Redis said it was lost
+        self._count(acct.name, lease.tenant, -1)
         self._holds.observe(acct.name, held_s)
         if (
             held
