@@ -29,18 +29,12 @@ from pydantic import (
 )
 
 from gateway import config_types as ct
-from gateway.headers import NEVER_FORWARDED_WHY, never_forwarded
 from gateway.keys import KEY_HASH_RE
 from gateway.redact import masked_url, yaml_problem
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 M = TypeVar("M", bound=BaseModel)
-# Concurrency limits and weights: the Redis limiter's Lua counts in doubles, exact up to 2**53.
-MAX_LIMIT = 2**53
-Limit = Annotated[
-    int, Field(strict=True, gt=0, le=MAX_LIMIT), ct.says(f"a positive integer <= {MAX_LIMIT}", int)
-]
 
 
 class UpstreamSettings(ct.Section):
@@ -109,7 +103,7 @@ class ServerSettings(ct.Section):
 
 class _AccountEntry(ct.Section):  # as written: the name is its key under `accounts`
     api_key: ct.Secret = Field(repr=False)
-    max_concurrency: Limit
+    max_concurrency: ct.Limit
 
 
 class Account(_AccountEntry):
@@ -151,13 +145,13 @@ class _TenantEntry(ct.Section):
     keys_file: tuple[str, frozenset[str]] | None = None  # (the file, resolved; its hashes)
     account: ct.Text
     project: ct.Project
-    max_concurrency: Limit | None = None  # None: the whole account
+    max_concurrency: ct.Limit | None = None  # None: the whole account
     models: ct.Texts | None = None  # None: every model
     projects: ct.Projects = frozenset()
-    weight: Limit = 1
+    weight: ct.Limit = 1
     monthly_budget_usd: ct.PositiveNumber | None = None
     max_queue: ct.PositiveInt = 64
-    forward_headers: ct.HeaderNames = frozenset()
+    forward_headers: ct.ForwardHeaders = frozenset()
 
     @field_validator("keys_file", mode="before")
     @classmethod
@@ -198,13 +192,6 @@ class _TenantEntry(ct.Section):
                 f"({account.max_concurrency}); a tenant's share cannot be larger than the account"
             )
         return limit
-
-    @field_validator("forward_headers")
-    @classmethod
-    def _forwardable(cls, names: frozenset[str]) -> frozenset[str]:
-        if refused := sorted(name for name in names if never_forwarded(name)):
-            raise ValueError(f"{', '.join(refused)} {NEVER_FORWARDED_WHY}")
-        return names
 
     @model_validator(mode="after")
     def _has_keys(self) -> _TenantEntry:

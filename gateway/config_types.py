@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.headers import NEVER_FORWARDED_WHY, never_forwarded
 from gateway.keys import KEY_HASH_RE
 
 HASH = (
@@ -116,6 +117,20 @@ HeaderName = Annotated[
 ]
 HeaderNames = Annotated[
     frozenset[Annotated[HeaderName, AfterValidator(str.lower)]], BeforeValidator(as_list)
+]
+
+
+def _forwardable(names: frozenset[str]) -> frozenset[str]:
+    if refused := sorted(name for name in names if never_forwarded(name)):
+        raise ValueError(f"{', '.join(refused)} {NEVER_FORWARDED_WHY}")
+    return names
+
+
+ForwardHeaders = Annotated[HeaderNames, AfterValidator(_forwardable)]
+# Concurrency limits and weights: the Redis limiter's Lua counts in doubles, exact up to 2**53.
+MAX_LIMIT = 2**53
+Limit = Annotated[
+    int, Field(strict=True, gt=0, le=MAX_LIMIT), says(f"a positive integer <= {MAX_LIMIT}", int)
 ]
 Nodes = Annotated[tuple[tuple[str, int], ...], BeforeValidator(host_ports)]
 Texts = Annotated[tuple[Text, ...], BeforeValidator(as_list)]

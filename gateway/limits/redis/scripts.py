@@ -8,7 +8,7 @@ the lease ttl (ms), the ticket ttl (ms) and the prefix of the grant channels.
 
 Numbers go as Python ints, which redis-py sends as their digits. What a script stores is those
 ARGV strings, never a number Lua formatted (Lua writes 10**14 as "1e+14", which no pattern for
-digits reads back); config.MAX_LIMIT keeps limits and weights where Lua's doubles are exact.
+digits reads back); config_types.MAX_LIMIT keeps limits and weights where Lua's doubles are exact.
 """
 
 from __future__ import annotations
