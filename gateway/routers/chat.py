@@ -52,7 +52,14 @@ OPENAPI = {
         "responses": {
             "200": {
                 "description": "A chat completion, or its SSE stream",
-                "headers": {"x-gateway-queue-ms": {"schema": {"type": "integer"}}},
+                "headers": {
+                    name: {"schema": {"type": "integer"}}
+                    for name in (
+                        "x-gateway-queue-ms",
+                        "x-ratelimit-limit-requests",
+                        "x-ratelimit-remaining-requests",
+                    )
+                },
                 "content": {"application/json": {}, "text/event-stream": {}},
             },
             **{
