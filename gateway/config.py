@@ -35,6 +35,7 @@ from gateway.redact import masked_url, yaml_problem
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 M = TypeVar("M", bound=BaseModel)
+QUEUE_BEYOND_LIMIT = 64  # a tenant's default max_queue: its max_concurrency and this many more
 
 
 class UpstreamSettings(ct.Section):
@@ -150,7 +151,7 @@ class _TenantEntry(ct.Section):
     projects: ct.Projects = frozenset()
     weight: ct.Limit = 1
     monthly_budget_usd: ct.PositiveNumber | None = None
-    max_queue: ct.PositiveInt = 64
+    max_queue: ct.PositiveInt | None = None  # None: max_concurrency + QUEUE_BEYOND_LIMIT
     forward_headers: ct.ForwardHeaders = frozenset()
 
     @field_validator("keys_file", mode="before")
@@ -206,11 +207,12 @@ class _TenantEntry(ct.Section):
     def tenant(self, name: str, account: Account, aliases: Mapping[str, str]) -> Tenant:
         limit = account.max_concurrency if self.max_concurrency is None else self.max_concurrency
         models = None if self.models is None else frozenset(aliases.get(m, m) for m in self.models)
-        same = {"account", "project", "projects", "weight", "monthly_budget_usd", "max_queue"}
+        same = {"account", "project", "projects", "weight", "monthly_budget_usd"}
         return Tenant(
             name=name,
             key_hashes=self.hashes,
             max_concurrency=limit,
+            max_queue=limit + QUEUE_BEYOND_LIMIT if self.max_queue is None else self.max_queue,
             models=models,
             forward_headers=self.forward_headers,
             **self.model_dump(include=same),

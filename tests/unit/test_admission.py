@@ -57,3 +57,8 @@ def test_a_declared_length_past_the_body_limit_is_413_before_admission() -> None
         content_length([(b"content-length", b"99999999999999999999")], 1000)
     assert content_length([(b"content-length", b"1000")], 1000) == 1000
     assert content_length([(b"transfer-encoding", b"chunked")], 1000) is None
+
+
+def test_max_queue_defaults_to_the_tenants_slots_and_64_more() -> None:
+    assert SETTINGS.tenants["search"].max_queue == SETTINGS.tenants["search"].max_concurrency + 64
+    assert ADS.max_queue == 2  # as written
