@@ -36,6 +36,11 @@ from typing import Any
 OFFLOAD_BYTES = 256 * 1024
 
 _READ = frozenset({"model", "stream", "stream_options"})
+# What a body may hold, counted by the characters that start or separate JSON values (in strings
+# too): a parser builds an object of 30 to 100 bytes for each, so 30 MiB of `[{},{},...]` took
+# 858 MiB. Prose has a comma in 50 characters, a base64 image none.
+MAX_VALUES = 2_000_000
+_WRONG = ()  # what a read field holds when it is nested: no string, bool or object, so refused
 _WS = re.compile(r"[ \t\n\r]*")
 _OPEN = re.compile(r"[ \t\n\r]*\{[ \t\n\r]*")
 _CLOSE = re.compile(r"\}")
@@ -80,6 +85,12 @@ def read(body: bytes) -> ChatBody:
             "The request body is not UTF-8 text: send JSON encoded as UTF-8 "
             "(`Content-Type: application/json`)."
         ) from None
+    values = sum(body.count(c) for c in (b",", b":", b"[", b"{"))
+    if values > MAX_VALUES:
+        raise BodyError(
+            f"The request body holds more than {MAX_VALUES:,} JSON values (counting the commas, "
+            "colons and brackets in its strings too): send fewer, or longer ones."
+        )
     try:
         return _walk(text, len(text) == len(body))
     except json.JSONDecodeError as exc:
@@ -89,7 +100,7 @@ def read(body: bytes) -> ChatBody:
         ) from None
     except ValueError:  # the stdlib's bound on an integer's digits (4,300)
         raise BodyError("The request body holds a number too long to read.") from None
-    except RecursionError:
+    except (RecursionError, MemoryError):
         raise BodyError("The request body is nested too deeply.") from None
 
 
@@ -117,7 +128,7 @@ def _walk(text: str, ascii_only: bool) -> ChatBody:
             seen.add(key)
             value, end = _DECODER.raw_decode(text, i)
             if key in _READ:
-                fields[key] = value
+                fields[key] = value if _flat(value) else _WRONG  # a small, picklable value
                 spans[key] = (i, end)
             elif key == "messages":
                 messages = isinstance(value, list)
@@ -135,6 +146,13 @@ def _walk(text: str, ascii_only: bool) -> ChatBody:
         spans = {k: (_bytes_at(text, a), _bytes_at(text, b)) for k, (a, b) in spans.items()}
         open_at = _bytes_at(text, open_at)
     return ChatBody(fields, spans, messages, prompt_tokens, open_at)
+
+
+def _flat(value: Any) -> bool:
+    """A scalar, or an object of scalars: what `model`, `stream` and `stream_options` hold."""
+    if isinstance(value, dict):
+        return all(not isinstance(v, dict | list) for v in value.values())
+    return not isinstance(value, list)
 
 
 def _key(text: str, i: int) -> tuple[str, int]:

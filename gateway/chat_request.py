@@ -112,13 +112,16 @@ def _is_text(value: str) -> bool:
 
 
 def _usage_changes(parsed: ChatBody) -> tuple[list[tuple[int, int, bytes]], bool]:
-    """How to make a stream carry usage: (splices, whether to hide usage from the client)."""
+    """How to make a stream carry usage: (splices, whether to hide usage from the client).
+
+    The client's own `stream_options` object is written anew, as the gateway read it: a key it
+    gave twice then reaches W&B once, as the gateway understood it."""
     if "stream_options" not in parsed.fields:  # the first member, every other byte as sent
         return [(parsed.open_at, parsed.open_at, _ASK_USAGE)], True
     options = parsed.fields["stream_options"]
     if options is None:
         options = {}
-    elif not isinstance(options, dict) or options.get("include_usage") is True:
+    elif not isinstance(options, dict):
         return [], False  # upstream refuses a bad one as it would without the gateway
     try:
         value = orjson.dumps({**options, "include_usage": True})
@@ -126,7 +129,7 @@ def _usage_changes(parsed: ChatBody) -> tuple[list[tuple[int, int, bytes]], bool
         raise BadRequest(
             "`stream_options` holds a value the gateway cannot pass on.", param="stream_options"
         ) from None
-    return [(*parsed.spans["stream_options"], value)], True
+    return [(*parsed.spans["stream_options"], value)], options.get("include_usage") is not True
 
 
 def _project(headers: list[tuple[bytes, bytes]], tenant: Tenant) -> str:

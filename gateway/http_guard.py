@@ -115,6 +115,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_open = True  # the next bytes belong to a request's head
         self._head_bytes = 0  # bytes of that head so far (counted per read)
         self._messages = 0  # requests whose body is complete, on this connection
+        # In a body: bytes read that were not body (chunk sizes, trailers) against body bytes.
+        self._framing = 0
+        self._body_seen = 0
         self._timer: asyncio.TimerHandle | None = None  # the header or the body deadline
         self._refused = False
 
@@ -147,12 +150,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._receive_at_bound(data)
             return
         done = self._messages
+        in_body = not self._head_open
+        if in_body:
+            self._framing += len(data)
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._parser_stopped(exc)
             return
-        if self._head_open:
+        if in_body and self._framing > self._max_head + self._body_seen // 16:
+            # httptools would build a trailer's value in memory, by repeated concatenation,
+            # past every bound on the head: what is not body is bounded like a head.
+            error = BadRequest("The body's chunk framing or trailers are too large.")
+            self._refuse(error, "invalid_http", answer=True)
+        elif self._head_open:
             if self._messages == done:  # the whole read went to one head, still unfinished
                 self._head_bytes += len(data)
                 if self._timer is None:  # a keep-alive request's first bytes: its clock starts
@@ -196,6 +207,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Parser callbacks: where a request's head and body end
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._head_open:  # a trailer: it would join the headers after auth read them
+            raise _Refusal(BadRequest("Trailers are not accepted."), "invalid_http")
         headers = self.headers
         if len(headers) >= self._max_headers:
             error = HeaderTooLarge(f"The request has more than {self._max_headers} headers.")
@@ -213,10 +226,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._timer = None
         HttpToolsProtocol.on_headers_complete(self)
 
+    def on_body(self, body: bytes) -> None:
+        self._framing -= len(body)
+        self._body_seen += len(body)
+        HttpToolsProtocol.on_body(self, body)
+
     def on_message_complete(self) -> None:
         self._messages += 1
         self._head_open = True
-        self._head_bytes = 0
+        self._head_bytes = self._framing = self._body_seen = 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -268,6 +286,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         writing, drop what still comes in for up to LINGER_S, then close."""
         self._refused = True
         self._disarm()
+        if self.pipeline:  # `cycle` is a queued request, the running one is not known here:
+            answer = False  # an answer now could land inside the running one's response
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             answer = answer and not cycle.response_started  # never inside another response

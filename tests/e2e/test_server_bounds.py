@@ -369,3 +369,50 @@ def test_the_bounds_hold_with_two_workers(fake: Proc) -> None:
         assert refused(proc).get("header_too_large") == 8  # summed over the workers
     finally:
         proc.stop()
+
+
+CHUNKED_HEAD = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+    b"Authorization: Bearer " + SEARCH_KEY.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def test_an_endless_trailer_is_refused_like_a_head_and_rss_stays_flat(gw: Proc) -> None:
+    """After a chunked body's last chunk, httptools reads trailers as headers: it built one's
+    value in memory for as long as the client sent it (126 MiB in 30 s)."""
+    pid = gw.proc.pid
+    start = vm(pid, "VmRSS")
+    with connect(gw) as sock:
+        sock.sendall(CHUNKED_HEAD + b"0\r\nX-Trailer: ")
+        sent = send_until_refused(sock, filler(200 * MIB))
+        answer = read_until_closed(sock)
+    assert sent > MAX_HEAD
+    assert vm(pid, "VmRSS") - start <= 16 * MIB
+    assert answer.closed and answer.status in (400, 401)  # 401: auth answered before the body
+    with connect(gw) as sock:  # a short trailer is refused too: it would join the headers
+        sock.sendall(CHUNKED_HEAD + b"2\r\n{}\r\n0\r\nX-Late: 1\r\n\r\n")
+        assert read_until_closed(sock).status in (400, 401)
+
+
+def test_a_chunked_body_in_small_chunks_passes(gw: Proc) -> None:
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c.encode()) for c in body) + b"0\r\n\r\n"
+    with connect(gw) as sock:  # one chunk a character: framing is 5 times the body here
+        sock.sendall(CHUNKED_HEAD + chunks)
+        answer = read_one(sock)
+    # Refused as framing past the bound, or served: never a 5xx, never a hang.
+    assert answer.status in (200, 400), answer.body[:300]
+    normal = body.encode()
+    with connect(gw) as sock:  # as clients send it: a few big chunks
+        sock.sendall(CHUNKED_HEAD + b"%x\r\n%s\r\n0\r\n\r\n" % (len(normal), normal))
+        assert read_one(sock).status == 200
+
+
+def test_a_431_behind_pipelined_requests_closes_without_a_stray_answer(gw: Proc) -> None:
+    get = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+    big = b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
+    with connect(gw) as sock:  # one write: the 431 is decided while /healthz still runs
+        sock.sendall(get + get + big)
+        answer = read_until_closed(sock)
+    assert answer.closed
+    assert "Exception in ASGI application" not in gw.logs()

@@ -140,3 +140,24 @@ def test_the_child_exits_when_its_parent_is_killed() -> None:
         return False
 
     until_sync(gone, 5, "the orphaned body reader's exit")
+
+
+def test_a_body_of_millions_of_tiny_values_is_refused_before_it_is_parsed() -> None:
+    body = b'{"model": "m", "messages": [], "x": [' + b"{}," * 3_000_000 + b"{}]}"
+    with pytest.raises(BodyError) as info:
+        read(body)
+    assert "JSON values" in info.value.message
+
+
+def test_a_big_body_with_a_deep_read_field_comes_back_from_the_child_as_a_body() -> None:
+    reader = BodyReader(offload_bytes=16)
+    body = b'{"model": ' + b"[" * 600 + b"]" * 600 + b', "messages": [], "pad": "xxxxxxxx"}'
+
+    async def run() -> None:
+        parsed = await reader.read(body)  # pickled back: it failed to, 600 lists deep
+        assert not isinstance(parsed.fields["model"], str)
+
+    try:
+        asyncio.run(run())
+    finally:
+        reader.close()

@@ -182,3 +182,23 @@ def test_the_prompt_estimate_is_kept_not_the_messages() -> None:
     assert c.prompt_tokens == 100
     assert "messages" not in Call.__dataclass_fields__
     assert WANDB_KEY not in repr(c)  # the upstream headers hold the W&B key: not in a repr
+
+
+def test_a_key_twice_in_stream_options_reaches_upstream_once_as_read() -> None:
+    body = (
+        b'{"model": "' + PHI.encode() + b'", "stream": true, "messages": [], '
+        b'"stream_options": {"include_usage": false, "include_usage": true}}'
+    )
+    c = call(body)
+    assert c.body.endswith(b'"stream_options": {"include_usage":true}}') and not c.strip_usage
+
+
+@pytest.mark.parametrize("field", ["model", "stream", "stream_options"])
+def test_a_deeply_nested_read_field_is_a_400_or_passed_on(field: str) -> None:
+    deep = "[" * 600 + "]" * 600
+    fields = {"model": f'"{PHI}"', "stream": "true", "messages": "[]", field: deep}
+    body = ("{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}").encode()
+    if field == "stream_options":  # not an object: passed on as sent, for W&B to refuse
+        assert call(body).body == body
+    else:
+        assert refused(body).param == field
