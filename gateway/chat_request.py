@@ -14,7 +14,7 @@ from collections.abc import Callable
 import orjson
 
 from gateway.catalog import Catalog
-from gateway.chat_body import BodyError, ChatBody, read, splice
+from gateway.chat_body import ChatBody, read, splice
 from gateway.config import Settings, Tenant
 from gateway.errors import BadRequest, ModelNotFound, PermissionDenied
 from gateway.exchange import Call
@@ -43,7 +43,7 @@ def chat_request(
     is `chat_body.read(body)` when the caller read it already (off the loop, for a big body).
     """
     if parsed is None:
-        parsed = _read(body)
+        parsed = read(body)
     model, stream = _fields(parsed)
     resolved = settings.resolve_model(model)
     if not Catalog.allowed(tenant, resolved):
@@ -78,13 +78,6 @@ def chat_request(
         strip_usage=strip_usage,
         prompt_tokens=parsed.prompt_tokens,
     )
-
-
-def _read(body: bytes) -> ChatBody:
-    try:
-        return read(body)
-    except BodyError as exc:
-        raise BadRequest(exc.message, param=exc.param) from None
 
 
 def _fields(parsed: ChatBody) -> tuple[str, bool]:

@@ -13,9 +13,9 @@ import time
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.chat_body import BodyError, BodyReaderGone, ChatBody
+from gateway.chat_body import BodyReaderGone, ChatBody
 from gateway.chat_request import chat_request
-from gateway.errors import BadRequest, GatewayError, Overloaded
+from gateway.errors import GatewayError, Overloaded
 from gateway.exchange import CLIENT_CLOSED, Call, Result
 from gateway.record import RequestRecord
 from gateway.responses import ClientGone, Responder, content_length
@@ -126,8 +126,6 @@ class ChatCompletions:
 
 async def _read(runtime: Runtime, body: bytes) -> ChatBody:
     try:
-        return await runtime.body_reader.read(body)
-    except BodyError as exc:
-        raise BadRequest(exc.message, param=exc.param) from None
+        return await runtime.body_reader.read(body)  # a BodyError is a 400 of its own
     except BodyReaderGone:
         raise Overloaded("The gateway could not read the request body: retry it.") from None
