@@ -221,9 +221,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_open = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
         HttpToolsProtocol.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
@@ -235,9 +233,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._messages += 1
         self._head_open = True
         self._head_bytes = self._framing = self._body_seen = 0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
         HttpToolsProtocol.on_message_complete(self)
 
     # Deadlines
