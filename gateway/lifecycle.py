@@ -107,15 +107,6 @@ def _fingerprint(paths: tuple[str, ...]) -> tuple[tuple[str, bytes | None], ...]
     return tuple(digests)
 
 
-def _problem(source: str) -> str | None:
-    """What is wrong with the config file now, or None if it loads."""
-    try:
-        load_settings(source)
-    except ConfigError as exc:
-        return "; ".join(exc.problems)
-    return None
-
-
 async def watch_config(runtime: Runtime, poll_s: float, wake: asyncio.Event) -> None:
     """Reload when the content of the config file or of a keys file changes (checked every
     poll_s), or on `wake` (set by SIGHUP). A reload that failed is tried again at every poll
@@ -142,22 +133,23 @@ async def watch_config(runtime: Runtime, poll_s: float, wake: asyncio.Event) -> 
 
 
 async def _reload(runtime: Runtime, why: str, failed: str | None) -> str | None:
-    """Reload; None once it succeeds, else what failed. A retry that would fail as `failed` did
-    is not made (nor logged) again."""
-    source = runtime.settings.source
-    if failed is not None and await asyncio.to_thread(_problem, source) == failed:
-        return failed
+    """Read the config off the event loop and apply it; None once that succeeds, else what
+    failed. A failure is logged once: a retry that fails as `failed` did says nothing."""
     if failed is None:  # a retry logs only what it changes: its success, or a new failure
         logger.info("config %s: reloading", why)
     try:
-        if runtime.reload():
-            return None
+        runtime.apply(await asyncio.to_thread(load_settings, runtime.settings.source))
+    except ConfigError as exc:
+        problem = "; ".join(exc.problems)
+        if problem != failed:
+            logger.error("config reload refused, the running config stays in force: %s", problem)
+        return problem
     except Exception as exc:  # a bug must not end live reloads for the life of the process
         failure = f"{type(exc).__name__}: {exc}"
         if failure != failed:
             logger.exception("config reload failed; the running config stays in force")
         return failure
-    return await asyncio.to_thread(_problem, source) or "refused"
+    return None
 
 
 @contextlib.asynccontextmanager

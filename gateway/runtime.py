@@ -10,7 +10,7 @@ from gateway.admission import Admission
 from gateway.budget import Budgets
 from gateway.catalog import Catalog
 from gateway.chat_body import BodyReader
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import Settings
 from gateway.limits import Limiter, MemoryLimiter
 from gateway.metrics import LiveState, Metrics
 from gateway.proxy import Proxy
@@ -80,20 +80,12 @@ class Runtime:
             if t.monthly_budget_usd is not None
         }
 
-    def reload(self) -> bool:
-        """Read the config file again and apply what can change live; keep the old on error.
+    def apply(self, new: Settings) -> None:
+        """Apply what can change live of a config read again (`lifecycle` reads it).
 
         Requests in flight keep the tenant and account they started with.
         """
         old = self.settings
-        try:
-            new = load_settings(old.source)
-        except ConfigError as exc:
-            logger.error(
-                "config reload refused, the running config stays in force: %s",
-                "; ".join(exc.problems),
-            )
-            return False
         fixed = [
             name for name in ("upstream", "limiter") if getattr(new, name) != getattr(old, name)
         ]
@@ -118,7 +110,6 @@ class Runtime:
             keys,
             len(new.models),
         )
-        return True
 
     async def close(self) -> None:
         self.body_reader.close()
