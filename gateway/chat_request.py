@@ -18,7 +18,7 @@ from gateway.chat_body import ChatBody, read, splice
 from gateway.config import Settings, Tenant
 from gateway.errors import BadRequest, ModelNotFound, PermissionDenied
 from gateway.exchange import Call
-from gateway.upstream import upstream_headers
+from gateway.headers import upstream_headers
 from gateway.usage import Usage, spend_usd
 
 _ONE = Usage(1, 1)
@@ -67,6 +67,7 @@ def chat_request(
         request_id=request_id,
         tenant=tenant,
         account=account,
+        project=project,
         model=resolved,
         label=label(resolved),
         price=price,

@@ -131,7 +131,7 @@ class Tenant(ct.Section):
     projects: frozenset[str] = frozenset()  # other projects it may select via OpenAI-Project
     weight: int = 1
     monthly_budget_usd: float | None = None
-    max_queue: int = 64  # in flight plus waiting for a slot, per process; 429 past it
+    max_queue: int = QUEUE_BEYOND_LIMIT  # in flight plus waiting, per process; 429 past it
     forward_headers: frozenset[str] = frozenset()  # lower-case names also sent upstream
 
 

@@ -22,6 +22,7 @@ class Call:
     request_id: str
     tenant: Tenant
     account: Account
+    project: str  # the W&B project sent as OpenAI-Project
     model: str  # the resolved upstream id
     label: str  # the model as a bounded metric label
     price: Model | None  # the model's prices in the config the request was admitted under

@@ -35,6 +35,7 @@ from gateway.errors import (
     sse_event,
 )
 from gateway.exchange import CLIENT_CLOSED, Call, Result
+from gateway.headers import response_headers
 from gateway.limits import Limiter
 from gateway.metrics import Metrics
 from gateway.responses import ClientGone, Responder
@@ -46,7 +47,6 @@ from gateway.upstream import (
     Verdict,
     classify,
     refused,
-    response_headers,
     wire_failure,
 )
 from gateway.usage import Usage
@@ -226,11 +226,10 @@ class Proxy:
                 resp.release()
             else:
                 resp.close()  # upstream must see the request go away at once
-        project = call.headers.get("OpenAI-Project", call.tenant.project)
-        verdict = classify(resp.status, body, call.account, project, call.model)
+        verdict = classify(resp.status, body, call.account, call.project, call.model)
         if verdict.error is None:  # the caller's own business: theirs to see, in OpenAI's shape
             run.reason = "bad_request"
-            await client.error(refused(resp.status, body, call.account, project, call.model))
+            await client.error(refused(resp.status, body, call.account, call.project, call.model))
             return None
         return verdict
 

@@ -37,8 +37,6 @@ from gateway.errors import (
     UpstreamOverloaded,
     UpstreamTimeout,
 )
-from gateway.headers import response_headers as response_headers  # re-exported
-from gateway.headers import upstream_headers as upstream_headers  # re-exported
 
 MESSAGE_CHARS = 300  # of a W&B error message, what a client may read
 _SCAN_CHARS = 4000  # of a longer one, what is scrubbed before it is cut

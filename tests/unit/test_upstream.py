@@ -14,6 +14,7 @@ from gateway import errors as e
 from gateway.catalog import Catalog
 from gateway.config import Account, ConfigError, parse_settings
 from gateway.errors import render
+from gateway.headers import response_headers, upstream_headers
 from gateway.testing.fake_upstream import ACCOUNT_HEADERS
 from gateway.upstream import (
     MESSAGE_CHARS,
@@ -22,8 +23,6 @@ from gateway.upstream import (
     classify,
     client_message,
     refused,
-    response_headers,
-    upstream_headers,
     wire_failure,
 )
 
