@@ -140,12 +140,15 @@ def classify(status: int, body: bytes, account: Account, project: str, model: st
     that pass through (`refused`). `project` and `model` are the request's, which W&B's message
     may name (`client_message`)."""
     raw = _error(body)[0]
-    message = client_message(raw, account, project, model)
+
+    def said(otherwise: str) -> str:  # scrubbed only for the answers that quote W&B
+        return client_message(raw, account, project, model) or otherwise
+
     if status == 402 or (status == 429 and "quota" in raw.lower()):
         return Verdict(
             InsufficientQuota(
                 "W&B says the account's credits or spending limit are exhausted "
-                f"(account {account.name!r}): {message or 'quota exceeded'}. "
+                f"(account {account.name!r}): {said('quota exceeded')}. "
                 "Retrying will not help; ask the gateway's operators."
             )
         )
@@ -173,10 +176,10 @@ def classify(status: int, body: bytes, account: Account, project: str, model: st
         )
         return Verdict(concurrency, retry="upstream_concurrency")
     if status == 503:
-        overloaded = UpstreamOverloaded(f"W&B is overloaded (503): {message or 'try again later'}")
+        overloaded = UpstreamOverloaded(f"W&B is overloaded (503): {said('try again later')}")
         return Verdict(overloaded, retry="upstream_5xx")
     if status >= 500:
-        failed = UpstreamError(f"W&B failed with {status}: {message or 'server error'}")
+        failed = UpstreamError(f"W&B failed with {status}: {said('server error')}")
         return Verdict(failed, retry="upstream_5xx")
     if 300 <= status < 400:  # its Location is W&B's business with the account: never relayed
         return Verdict(

@@ -56,7 +56,8 @@ async def test_ops_answer_one_result_per_op_and_the_queue(client: Redis) -> None
     assert await client.hget(keys[-1], "a") == "2 1"  # the tenants hash: "LIMIT WEIGHT"
 
 
-async def test_heartbeat_reports_lost_leases_tickets_and_pools(client: Redis) -> None:
+async def one_leased_one_queued(client: Redis) -> tuple[Scripts, list[str]]:
+    """A fresh account with limit 1 and tenant `a` (limit 1): r1-1 holds the slot, r1-2 waits."""
     scripts = make_scripts(client)
     await scripts.load()
     keys = account_keys(f"t{uuid.uuid4().hex[:8]}", "main")
@@ -64,6 +65,11 @@ async def test_heartbeat_reports_lost_leases_tickets_and_pools(client: Redis) ->
     assert await scripts.ops(keys, 1, [Op.acquire("r1-1", a), Op.acquire("r1-2", a)]) == (
         OpsReply([1, 0], 1)
     )
+    return scripts, keys
+
+
+async def test_heartbeat_reports_lost_leases_tickets_and_pools(client: Redis) -> None:
+    scripts, keys = await one_leased_one_queued(client)
     reply = await scripts.heartbeat(keys, 1, ["r1-1", "r1-x"], ["r1-2", "r1-y"], ["a", "b"])
     assert reply == HeartbeatReply(
         lost=["r1-x"],
@@ -110,13 +116,7 @@ async def test_limits_from_1e14_up_are_kept_as_digits(client: Redis, limit: int)
 
 
 async def test_a_limit_an_older_version_wrote_as_1e14_still_reads(client: Redis) -> None:
-    scripts = make_scripts(client)
-    await scripts.load()
-    keys = account_keys(f"t{uuid.uuid4().hex[:8]}", "main")
-    a = tenant("a", 1)
-    assert await scripts.ops(keys, 1, [Op.acquire("r1-1", a), Op.acquire("r1-2", a)]) == (
-        OpsReply([1, 0], 1)
-    )
+    scripts, keys = await one_leased_one_queued(client)
     await client.hset(keys[-1], "a", "1e+14 1")  # as the scripts used to store 10**14
     assert await scripts.ops(keys, 2, [Op.release("r1-1")]) == OpsReply([1], 0)
     reply = await scripts.heartbeat(keys, 2, [], ["r1-2"], ["a"])
