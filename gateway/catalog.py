@@ -67,17 +67,19 @@ class Catalog:
         cached = self._cache.get(account.name)
         timeout_s = self.settings.upstream.models_timeout_s
         try:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    models = await self._fetch(account, project)
-            except TimeoutError:
-                raise UpstreamTimeout(
+            async with asyncio.timeout(timeout_s):
+                models = await self._fetch(account, project)
+        except (GatewayError, TimeoutError) as exc:
+            error = (
+                exc
+                if isinstance(exc, GatewayError)
+                else UpstreamTimeout(
                     f"W&B sent no model list within upstream.models_timeout_s ({timeout_s:g}s)"
-                ) from None
-        except GatewayError as exc:
+                )
+            )
             if not cached:
-                raise
-            logger.warning("upstream /models failed (%s); serving the cached list", exc.code)
+                raise error from None
+            logger.warning("upstream /models failed (%s); serving the cached list", error.code)
             models = cached[1]
         else:
             self._seen.update(str(m.get("id")) for m in models)
