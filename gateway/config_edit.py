@@ -63,8 +63,8 @@ def add_to_keys_file(file: Path, digest: str, mode: int | None = None) -> None:
                 text, old_mode = "", 0o600
             if text and not text.endswith("\n"):  # a last line without its newline
                 text += "\n"
-            temp = _write_temp(real, text + digest + "\n")
-            _put(temp, real, old_mode if mode is None else mode)
+            with _staged(real, text + digest + "\n") as temp:
+                _put(temp, real, old_mode if mode is None else mode)
     except OSError as exc:
         raise KeyEditError(f"cannot edit {exc.filename or file}: {exc.strerror}") from None
 
@@ -149,15 +149,13 @@ def _add_key(entry: CommentedMap, digest: str) -> tuple[int, int]:
 
 def _replace(path: Path, text: str, tenant: str, expected: frozenset[str]) -> None:
     """Write `text` over `path` atomically, once it loads with the tenant's keys `expected`."""
-    temp = _write_temp(path, text)
-    try:
-        if load_settings(temp).tenants[tenant].key_hashes != expected:
-            raise KeyEditError(f"{path}: could not place the key under tenants.{tenant}")
+    with _staged(path, text) as temp:
+        try:
+            if load_settings(temp).tenants[tenant].key_hashes != expected:
+                raise KeyEditError(f"{path}: could not place the key under tenants.{tenant}")
+        except ConfigError as exc:
+            raise KeyEditError(f"the edited file would be invalid: {exc}") from None
         _put(temp, path, stat.S_IMODE(path.stat().st_mode))
-    except ConfigError as exc:
-        raise KeyEditError(f"the edited file would be invalid: {exc}") from None
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -181,29 +179,28 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _write_temp(path: Path, text: str) -> Path:
-    """A new file beside `path` holding `text`, mode 0600 from its creation, on disk."""
+@contextlib.contextmanager
+def _staged(path: Path, text: str) -> Iterator[Path]:
+    """A new file beside `path` holding `text`, mode 0600 from its creation, on disk; gone
+    afterwards unless `_put` renamed it over `path`."""
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        with open(fd, "w", closefd=False) as f:
-            f.write(text)
-        os.fsync(fd)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+        try:
+            with open(fd, "w", closefd=False) as f:
+                f.write(text)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        yield temp
     finally:
-        os.close(fd)
-    return temp
+        temp.unlink(missing_ok=True)
 
 
 def _put(temp: Path, path: Path, mode: int) -> None:
     """Rename `temp` over `path`, with `mode` (its old file's), and make the rename durable."""
-    try:
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    os.chmod(temp, mode)
+    os.replace(temp, path)
     folder = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(folder)
