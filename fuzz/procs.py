@@ -8,13 +8,10 @@ even a killed runner leaves one behind; `Stack.close()` stops them in order othe
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import resource
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.keys import hash_key, new_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import processes
+from processes import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
@@ -98,18 +99,6 @@ def allowed_models() -> list[str]:
     return [LLAMA, LLAMA70, PHI, *ALIASES]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def die_with_parent() -> None:
-    """Runs in a child before exec: the kernel sends it SIGTERM when the runner dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _server_child() -> None:
     die_with_parent()
     # A server that grows without bound fails by itself (MemoryError), a finding the run
@@ -118,20 +107,8 @@ def _server_child() -> None:
 
 
 @dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+class Child(processes.Child):  # the bench's, with where it answers
+    url: str = ""
 
 
 def _wait(child: Child, path: str, timeout_s: float = 30.0) -> None:
@@ -164,7 +141,7 @@ def spawn(name: str, args: list[str], health: str, workdir: Path) -> Child:
             preexec_fn=_server_child,
             start_new_session=True,  # Ctrl-C reaches the runner, which stops them in order
         )
-    child = Child(name, proc, f"http://127.0.0.1:{port}", log)
+    child = Child(name, proc, log, f"http://127.0.0.1:{port}")
     _wait(child, health)
     return child
 
