@@ -9,6 +9,7 @@ adds the message, the `param` at fault and the headers SDKs act on (`Retry-After
     ├── RequestRefused            4xx invalid_request_error bad_request  the framework's own 4xx
     ├── BadRequest                400 invalid_request_error bad_request  the body, a field
     │   ├── PayloadTooLarge       413 payload_too_large
+    │   ├── BodyError             400 invalid_request_error bad_request  no one JSON object
     │   ├── UnsupportedEncoding   415 unsupported_content_encoding  a Content-Encoding
     │   ├── HeaderTooLarge        431 request_header_too_large  head over the server's bounds
     │   └── RequestTimeout        408 request_timeout  headers or body too slow to arrive
