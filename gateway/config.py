@@ -114,6 +114,7 @@ class Account(_AccountEntry):
 class _ModelEntry(ct.Section):
     input_usd_per_mtok: ct.Price | None = None
     output_usd_per_mtok: ct.Price | None = None
+    cached_input_usd_per_mtok: ct.Price | None = None  # None: the input price
     aliases: ct.Texts = ()
 
 
@@ -133,6 +134,7 @@ class Tenant(ct.Section):
     monthly_budget_usd: float | None = None
     max_queue: int = QUEUE_BEYOND_LIMIT  # in flight plus waiting, per process; 429 past it
     forward_headers: frozenset[str] = frozenset()  # lower-case names also sent upstream
+    cache_salt: bool = True  # a per-tenant cache_salt goes upstream unless the client sent one
 
 
 def _context(info: ValidationInfo) -> tuple[Path, Mapping[str, Account | None]]:
@@ -153,6 +155,7 @@ class _TenantEntry(ct.Section):
     monthly_budget_usd: ct.PositiveNumber | None = None
     max_queue: ct.PositiveInt | None = None  # None: max_concurrency + QUEUE_BEYOND_LIMIT
     forward_headers: ct.ForwardHeaders = frozenset()
+    cache_salt: ct.Flag = True
 
     @field_validator("keys_file", mode="before")
     @classmethod
@@ -207,7 +210,7 @@ class _TenantEntry(ct.Section):
     def tenant(self, name: str, account: Account, aliases: Mapping[str, str]) -> Tenant:
         limit = account.max_concurrency if self.max_concurrency is None else self.max_concurrency
         models = None if self.models is None else frozenset(aliases.get(m, m) for m in self.models)
-        same = {"account", "project", "projects", "weight", "monthly_budget_usd"}
+        same = {"account", "project", "projects", "weight", "monthly_budget_usd", "cache_salt"}
         return Tenant(
             name=name,
             key_hashes=self.hashes,
