@@ -319,8 +319,9 @@ def test_unknown_keys_list_what_is_allowed() -> None:
         "accounts.main.name: unknown key (allowed: api_key, max_concurrency)",
         "limiter.sentinel.pasword: unknown key (allowed: master, nodes, password)",
         "limitr: unknown key (allowed: accounts, limiter, models, server, tenants, upstream)",
-        "tenants.search.key: unknown key (allowed: account, forward_headers, keys, keys_file, "
-        "max_concurrency, max_queue, models, monthly_budget_usd, project, projects, weight)",
+        "tenants.search.key: unknown key (allowed: account, cache_salt, forward_headers, keys, "
+        "keys_file, max_concurrency, max_queue, models, monthly_budget_usd, project, projects, "
+        "weight)",
     ]
 
 
