@@ -1,9 +1,16 @@
-"""The monthly budget check, before a request may queue for a slot.
+"""The monthly budget checks: a free one before a request queues, the exact one once it holds
+its slot, just before it goes upstream.
 
-A tenant without `monthly_budget_usd` costs nothing here. For the others the month's spend is
-usually known without I/O (the usage store keeps it); the first read of a month goes to the
-store, bounded by `READ_TIMEOUT_S`. An unreachable store fails open: it must not stop every
-request, so the check is skipped and counted, with a warning now and then.
+A tenant without `monthly_budget_usd` costs nothing here. For the others:
+
+- `check` (before queueing): the spend as last seen, no I/O, so a tenant known to be over its
+  budget does not queue at all;
+- `admit` (slot held): the spend as the store has it now: with Redis, one round trip, bounded by
+  `READ_TIMEOUT_S`. Every charge of a budgeted tenant is written through before its answer
+  ends (`UsageStore.commit`), so the only overshoot left is what requests already in flight
+  at that moment spend. When Redis cannot be read, the figure this process holds (Redis's
+  total at its last read plus its own spend since) is used; with no figure at all the check
+  is skipped and counted (fail open: a Redis outage must not stop every tenant).
 """
 
 from __future__ import annotations
@@ -23,27 +30,39 @@ READ_TIMEOUT_S = 0.5
 class Budgets:
     def __init__(self, store: UsageStore) -> None:
         self._store = store
-        self.unchecked = 0  # checks skipped because the spend could not be read
+        self.unchecked = 0  # exact checks that fell back to no figure at all
 
-    async def check(self, tenant: Tenant) -> None:
-        """Raise BudgetExceeded when the tenant has spent its budget this month."""
+    def check(self, tenant: Tenant) -> None:
+        """Raise BudgetExceeded when the spend last seen is over the budget (no I/O)."""
+        if tenant.monthly_budget_usd is not None:
+            spent = self._store.known_spent(tenant.name)
+            if spent is not None:
+                _hold(tenant, tenant.monthly_budget_usd, spent)
+
+    async def admit(self, tenant: Tenant) -> None:
+        """Raise BudgetExceeded when the month's spend, read now, has reached the budget."""
         budget = tenant.monthly_budget_usd
         if budget is None:
             return
-        spent = self._store.known_spent(tenant.name)
-        if spent is None:
-            try:
-                async with asyncio.timeout(READ_TIMEOUT_S):
-                    spent = await self._store.spent(tenant.name)
-            except Exception:  # fail open, see above
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                spent = await self._store.spent(tenant.name)
+        except Exception:  # see above: the figure held here, else fail open
+            held = self._store.known_spent(tenant.name)
+            if held is None:
                 self.unchecked += 1
                 if self.unchecked == 1 or self.unchecked % 1000 == 0:
                     logger.warning(
                         "cannot read spend (%d times); budgets not enforced", self.unchecked
                     )
                 return
-        if spent >= budget:
-            raise BudgetExceeded(
-                f"Tenant {tenant.name!r} has reached its monthly budget of ${budget:.2f} "
-                f"(spent ${spent:.2f} this month, UTC). Ask your platform team to raise it."
-            )
+            spent = held
+        _hold(tenant, budget, spent)
+
+
+def _hold(tenant: Tenant, budget: float, spent: float) -> None:
+    if spent >= budget:
+        raise BudgetExceeded(
+            f"Tenant {tenant.name!r} has reached its monthly budget of ${budget:.2f} "
+            f"(spent ${spent:.2f} this month, UTC). Ask your platform team to raise it."
+        )

@@ -37,7 +37,7 @@ from gateway.errors import BadRequest
 # 240 KiB of messages, measured; the child's round trip adds about 3 ms of latency).
 OFFLOAD_BYTES = 256 * 1024
 
-_READ = frozenset({"model", "stream", "stream_options"})
+_READ = frozenset({"model", "stream", "stream_options", "cache_salt"})
 # What a body may hold, counted by the characters that start or separate JSON values (in strings
 # too): a parser builds an object of 30 to 100 bytes for each, so 30 MiB of `[{},{},...]` took
 # 858 MiB. Prose has a comma in 50 characters, a base64 image none.
@@ -73,7 +73,7 @@ _DECODER = json.JSONDecoder(parse_constant=_constant)
 class ChatBody:
     """What the gateway reads of a body; spans are byte offsets `[start, end)` of the values."""
 
-    fields: dict[str, Any]  # model, stream, stream_options, as present
+    fields: dict[str, Any]  # model, stream, stream_options, cache_salt, as present
     spans: dict[str, tuple[int, int]]  # model, stream_options, as present
     messages_is_list: bool | None  # None: no `messages` key
     prompt_tokens: int  # an estimate, for a stream cut before upstream's usage came

@@ -4,11 +4,16 @@
 Only the fields the gateway needs are read (`model`, `messages`, `stream`, `stream_options`;
 see `chat_body`); the body goes upstream as sent, but for `model` (an alias resolved) and
 `stream_options` (the gateway always asks for a stream's usage, so every stream is counted;
-when the client did not ask for it, the relay removes it again), each changed by one splice.
+when the client did not ask for it, the relay removes it again) and `cache_salt` (added, the
+tenant's own, unless the client sent one or the tenant's `cache_salt` is false), each
+changed by one splice.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 from collections.abc import Callable
 
 import orjson
@@ -16,13 +21,13 @@ import orjson
 from gateway.catalog import Catalog
 from gateway.chat_body import ChatBody, read, splice
 from gateway.config import Settings, Tenant
+from gateway.cost import priced
 from gateway.errors import BadRequest, ModelNotFound, PermissionDenied
 from gateway.exchange import Call
 from gateway.headers import upstream_headers
-from gateway.usage import Usage, spend_usd
 
-_ONE = Usage(1, 1)
 _ASK_USAGE = b'"stream_options":{"include_usage":true},'
+_SALT_INFO = b"inference-gateway cache_salt\0"
 
 
 def chat_request(
@@ -49,7 +54,7 @@ def chat_request(
     if not Catalog.allowed(tenant, resolved):
         raise ModelNotFound(model)
     price = settings.models.get(resolved)
-    if tenant.monthly_budget_usd is not None and spend_usd(price, _ONE) is None:
+    if tenant.monthly_budget_usd is not None and not priced(price):
         raise PermissionDenied(
             f"The model `{model}` has no price in the gateway's config, so tenant "
             f"{tenant.name!r}, which has a monthly budget, may not use it.",
@@ -59,9 +64,12 @@ def chat_request(
     changes, strip_usage = _usage_changes(parsed) if stream else ([], False)
     if resolved != model:
         changes.append((*parsed.spans["model"], orjson.dumps(resolved)))
+    account = settings.accounts[tenant.account]
+    if tenant.cache_salt and "cache_salt" not in parsed.fields:
+        salt = b'"cache_salt":"%s",' % cache_salt(account.api_key, tenant.name).encode()
+        changes.append((parsed.open_at, parsed.open_at, salt))
     if changes:
         body = splice(body, changes)
-    account = settings.accounts[tenant.account]
     project = _project(headers, tenant)
     return Call(
         request_id=request_id,
@@ -79,6 +87,15 @@ def chat_request(
         strip_usage=strip_usage,
         prompt_tokens=parsed.prompt_tokens,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def cache_salt(secret: str, tenant: str) -> str:
+    """The tenant's `cache_salt`: W&B shares cached prompt prefixes only between requests with
+    the same salt, so tenants on one account cannot time each other's prompts. Stable (the
+    cache keeps working), secret (a tenant cannot make another's), and not the tenant's name:
+    an HMAC of the name under the account's W&B key."""
+    return hmac.new(secret.encode(), _SALT_INFO + tenant.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _fields(parsed: ChatBody) -> tuple[str, bool]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.config import Account, Model, Tenant
-from gateway.usage import Usage
+from gateway.cost import Usage
 
 CLIENT_CLOSED = 499  # nginx's status for "client closed the request", for logs and metrics
 
@@ -32,7 +32,7 @@ class Call:
     start: float  # monotonic time the request arrived
     deadline: float  # monotonic time after which neither queueing nor retrying goes on
     strip_usage: bool = False  # the gateway asked upstream for stream usage, the client did not
-    prompt_tokens: int = 0  # estimated from the messages, for a stream cut before its usage
+    prompt_tokens: int = 0  # estimated from the messages, for an answer without its usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,5 +44,7 @@ class Result:
     elapsed_s: float = 0.0  # arrival to last byte (or to giving up)
     queue_s: float = 0.0  # waiting for a slot
     attempts: int = 0  # sent upstream, retries included
-    usage: Usage | None = None  # upstream's, or estimated for a stream cut short
+    usage: Usage | None = None  # upstream's, plus the gateway's estimates (see Proxy)
+    charged: bool = False  # the usage was added to the tenant's spend before the answer ended
+    cost_usd: float | None = None  # what was charged, when `charged` (None: no price)
     first_byte_s: float | None = None  # arrival to the first streamed byte (streams only)

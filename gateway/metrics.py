@@ -120,7 +120,9 @@ class Metrics:
         )
         self.tokens = counter(
             "gateway_tokens",
-            "Tokens used, from upstream's usage blocks (or estimated, see below)",
+            "Tokens used, from upstream's usage blocks (or estimated, see below); kind "
+            "prompt or completion, and cached_prompt (a part of prompt) and reasoning (a part "
+            "of completion)",
             "tenant",
             "model",
             "kind",
@@ -135,7 +137,8 @@ class Metrics:
         )
         self.estimated_tokens = counter(
             "gateway_estimated_tokens",
-            "Tokens estimated by the gateway because a stream ended before upstream's usage",
+            "Tokens estimated by the gateway because upstream's usage never came (client gone, "
+            "upstream cut or silent); they are in gateway_tokens_total too",
             "model",
         )
         self.connections_refused = counter(

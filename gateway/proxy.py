@@ -25,6 +25,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from gateway.accounting import Accounting
+from gateway.budget import Budgets
+from gateway.cost import Usage, cost_usd, decimal, usage_from
 from gateway.errors import (
     GatewayError,
     QueueTimeout,
@@ -49,7 +52,6 @@ from gateway.upstream import (
     refused,
     wire_failure,
 )
-from gateway.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +71,12 @@ class _Run:
     queue_s: float = 0.0
     attempts: int = 0
     reason: str | None = None
-    usage: Usage | None = None  # upstream's usage block, when one came
-    meter: StreamMeter | None = None  # what a stream relayed, for a stream cut short
+    usage: Usage | None = None  # a whole answer's usage block, when one came
+    meter: StreamMeter | None = None  # what a stream relayed, its usage block among it
     first_byte_s: float | None = None
+    unbilled: int = 0  # attempts W&B may bill (it had the request) that told no usage
+    charged: Usage | None = None  # added to the tenant's spend before the answer ended
+    cost_usd: float | None = None  # of `charged`
 
     def result(self, call: Call, client: Responder, gone: bool) -> Result:
         return Result(
@@ -80,33 +85,43 @@ class _Run:
             elapsed_s=time.monotonic() - call.start,
             queue_s=self.queue_s,
             attempts=self.attempts,
-            usage=self._final_usage(call),
+            usage=self.charged or self.final_usage(call),
+            charged=self.charged is not None,
+            cost_usd=self.cost_usd,
             first_byte_s=self.first_byte_s,
         )
 
-    def _final_usage(self, call: Call) -> Usage | None:
-        """Upstream's usage block is the truth. A stream that ended before it (client gone,
-        upstream cut) still used tokens that W&B bills: one token per relayed content chunk
-        (W&B streams a token a chunk) and about four prompt characters a token, marked
-        estimated."""
-        if self.usage is not None:
-            return self.usage
-        meter = self.meter
-        if meter is None:
-            return None
-        if meter.usage is not None:  # cut between reading and recording it
-            return Usage(meter.usage["prompt_tokens"], meter.usage["completion_tokens"])
-        if meter.content_chunks:
-            prompt = call.prompt_tokens
-            return Usage(prompt, meter.content_chunks, estimated=True)
-        return None
+    def final_usage(self, call: Call) -> Usage | None:
+        """Upstream's usage block is the truth. Every other attempt W&B had (a client gone
+        before the answer, an answer cut or never finished, a timeout) is billed by W&B all
+        the same: it counts the estimated prompt tokens (about four characters a token), plus
+        one completion token per relayed content or reasoning chunk (W&B streams a token a
+        chunk), marked estimated."""
+        usage, meter = self.usage, self.meter
+        if usage is None and meter is not None:
+            usage = meter.usage
+        relayed = meter.content_chunks if meter is not None and usage is None else 0
+        prompt = call.prompt_tokens * max(self.unbilled - (usage is not None), 0)
+        if not (prompt or relayed):
+            return usage
+        guessed = Usage(prompt, relayed, estimated=prompt + relayed)
+        return guessed if usage is None else usage + guessed
 
 
 class Proxy:
-    def __init__(self, client: UpstreamClient, limiter: Limiter, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        limiter: Limiter,
+        metrics: Metrics,
+        budgets: Budgets,
+        accounting: Accounting,
+    ) -> None:
         self._client = client
         self._limiter = limiter
         self._metrics = metrics
+        self._budgets = budgets
+        self._accounting = accounting
         self._url = URL(client.url("/chat/completions"))  # parsed once, not per request
         self._streams: set[StreamWatch] = set()  # being relayed, for cut_streams()
         s = self._settings = client.settings
@@ -148,6 +163,7 @@ class Proxy:
         free = functools.partial(self._limiter.free_slots, call.account, call.tenant)
         client.rate_limit(call.tenant.max_concurrency, free)
         try:
+            await self._budgets.admit(call.tenant)
             await self._attempts(call, client, run)
         finally:
             await lease.release()
@@ -188,6 +204,7 @@ class Proxy:
         m = self._metrics
         read_timeout = self._settings.read_timeout_s
         post = self._client.session.post
+        run.unbilled += 1  # until W&B says otherwise
         try:
             if call.stream:
                 async with asyncio.timeout(read_timeout):
@@ -204,15 +221,20 @@ class Proxy:
                 )
         except WIRE_ERRORS as exc:
             m.child(m.upstream_requests, call.account.name, call.label, "error").inc()
-            return wire_failure(exc, "response", read_timeout)
+            verdict = wire_failure(exc, "response", read_timeout)
+            if verdict.retry is not None:  # W&B never had it (a timeout means it may have)
+                run.unbilled -= 1
+            return verdict
         m.child(m.upstream_requests, call.account.name, call.label, str(resp.status)).inc()
+        if resp.status != 200:  # W&B refused it: nothing to bill
+            run.unbilled -= 1
         clean = False
         try:
             if resp.status == 200:
                 if call.stream:
                     relayed = await self._relay_stream(resp, call, client, run)
                 else:
-                    relayed = await self._relay_body(resp, client, run)
+                    relayed = await self._relay_body(resp, call, client, run)
                 clean = relayed is None
                 return relayed
             try:  # a stream's session call has no sock_read timer: bound the read here
@@ -234,17 +256,28 @@ class Proxy:
         return verdict
 
     async def _relay_body(
-        self, resp: aiohttp.ClientResponse, client: Responder, run: _Run
+        self, resp: aiohttp.ClientResponse, call: Call, client: Responder, run: _Run
     ) -> Verdict | None:
         try:
             body = await resp.read()
         except WIRE_ERRORS as exc:
             return wire_failure(exc, "complete answer", self._settings.read_timeout_s)
         run.usage = _usage(body)
+        await self._charge(call, run)
         headers = response_headers(resp.headers)
         headers.append((b"content-length", b"%d" % len(body)))
+        if run.cost_usd is not None:
+            headers.append((b"x-gateway-cost-usd", decimal(run.cost_usd).encode()))
         await client.whole(200, headers, body)
         return None
+
+    async def _charge(self, call: Call, run: _Run) -> None:
+        """Charge the request before its answer ends: its next request, on any replica, is
+        admitted on a month's spend that includes this one."""
+        usage = run.final_usage(call)
+        if usage is not None:
+            run.charged, run.cost_usd = usage, cost_usd(call.price, usage)
+            await self._accounting.charge(call, usage, run.cost_usd)
 
     async def _relay_stream(
         self, resp: aiohttp.ClientResponse, call: Call, client: Responder, run: _Run
@@ -273,8 +306,7 @@ class Proxy:
             await client.chunk(meter.feed(first))
             run.first_byte_s = time.monotonic() - call.start
         ending = await self._relay_rest(chunks, meter, client, run, call)
-        if meter.usage is not None:
-            run.usage = Usage(meter.usage["prompt_tokens"], meter.usage["completion_tokens"])
+        await self._charge(call, run)
         if run.reason:
             logger.warning("request %s: stream ended early (%s)", call.request_id, run.reason)
         await client.end(ending)
@@ -369,9 +401,6 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
 
 def _usage(body: bytes) -> Usage | None:
     try:
-        usage = orjson.loads(body).get("usage")
+        return usage_from(orjson.loads(body).get("usage"))
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    if not isinstance(usage, dict):
-        return None
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))

@@ -52,9 +52,9 @@ class Runtime:
                 month_spend=lambda: self.usage.last_seen,
             )
         )
-        self.proxy = Proxy(self.client, self.limiter, self.metrics)
         self.budgets = Budgets(self.usage)
         self.accounting = Accounting(self.metrics, self.usage)
+        self.proxy = Proxy(self.client, self.limiter, self.metrics, self.budgets, self.accounting)
         self.admission = Admission(settings.server.max_buffered_body_bytes)
         self.body_reader = BodyReader()
 

@@ -16,10 +16,12 @@ import re
 
 import orjson
 
+from gateway.cost import Usage, usage_from
+
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
 # A content (or reasoning) delta with text in it: one token a chunk, for estimates.
-_TEXT_DELTA = re.compile(rb'"(?:reasoning_)?content"\s*:\s*"(?!")')
+_TEXT_DELTA = re.compile(rb'"(content|reasoning_content|reasoning)"\s*:\s*"(?!")')
 _DONE = b"data: [DONE]"
 _LINE_DONE = b"\n" + _DONE
 
@@ -29,7 +31,7 @@ class StreamMeter:
 
     def __init__(self, strip_usage: bool) -> None:
         self.strip_usage = strip_usage
-        self.usage: dict[str, int] | None = None
+        self.usage: Usage | None = None
         self.content_chunks = 0
         self.done = False
         self._buf = b""
@@ -103,10 +105,7 @@ class StreamMeter:
             payload = _payload(event)
             usage = payload.get("usage") if isinstance(payload, dict) else None
             if isinstance(usage, dict):
-                self.usage = {
-                    "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                    "completion_tokens": int(usage.get("completion_tokens") or 0),
-                }
+                self.usage = usage_from(usage)
                 if self.strip_usage and isinstance(payload, dict) and not payload.get("choices"):
                     return None
         if self.strip_usage and named:
@@ -124,16 +123,26 @@ def _strip_usage_nulls(data: bytes) -> bytes:
 
 
 def _text_deltas(data: bytes) -> int:
-    """How many content (or reasoning) deltas with text `data` holds, as `_TEXT_DELTA` counts
-    them. `content"` ends only a key or a string (a quote inside a string is escaped): when every
-    one is a compact `"content":"` or `"reasoning_content":"`, counting them is exact."""
-    named = data.count(b'content"')
+    """How many tokens of text the content and reasoning deltas in `data` hold, one a delta.
+    A server that sends its reasoning as both `reasoning` and `reasoning_content` (vLLM, for a
+    while) sends the same token twice: the larger of the two counts is taken.
+
+    `content"` and `reasoning"` end only a key or a string (a quote inside a string is
+    escaped): when every one is a compact `"<key>":"`, counting them is exact."""
+    named = data.count(b'content"') + data.count(b'reasoning"')
     if not named:
         return 0
-    compact = data.count(b'"content":"') + data.count(b'"reasoning_content":"')
-    if compact != named:
-        return len(_TEXT_DELTA.findall(data))
-    return compact - data.count(b'content":""')
+    content = data.count(b'"content":"')
+    both = data.count(b'"reasoning_content":"')
+    plain = data.count(b'"reasoning":"')
+    if content + both + plain != named:
+        found = [m.group(1) for m in _TEXT_DELTA.finditer(data)]
+        both, plain = found.count(b"reasoning_content"), found.count(b"reasoning")
+        return found.count(b"content") + max(both, plain)
+    content -= data.count(b'"content":""')
+    both -= data.count(b'_content":""')
+    plain -= data.count(b'"reasoning":""')
+    return content + max(both, plain)
 
 
 def _payload(event: bytes) -> object:

@@ -1,15 +1,16 @@
-"""Tokens and spend per tenant and model this month (UTC), and the budgets they are held to.
+"""Tokens and spend per tenant and model by month (UTC), and the budgets they are held to.
 
-Spend = prompt tokens x input price + completion tokens x output price, from the config's price
-table (USD per million tokens). The store is in memory for one process, or in Redis (shared by
-every replica, surviving restarts) when the limiter uses Redis:
+Each request's cost comes from `gateway.cost`. The store is in memory for one process, or in
+Redis (shared by every replica, surviving restarts) when the limiter uses Redis:
 
-    {prefix}:usage:{YYYY-MM}:{tenant}   HASH  "<model>|prompt", "<model>|completion" (HINCRBY),
-                                              "<model>|usd" and "total|usd" (HINCRBYFLOAT),
+    {prefix}:usage:{YYYY-MM}:{tenant}   HASH  "<model>|<kind>" (HINCRBY) for the token kinds
+                                              prompt, completion, cached, reasoning, estimated;
+                                              "<model>|usd" and "total|usd" (HINCRBYFLOAT);
                                               "flush|<writer>": the last batch applied from
                                               one gateway process (see RedisUsageStore)
 
-Keys expire 40 days after their month's last write, so old months clean themselves up.
+A month's hash expires `RETENTION_DAYS` after its last write (so at least 13 months after the
+month ends); the memory store forgets months as old.
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError, RedisError
 
-from gateway.config import Model
+from gateway.cost import Usage
 
 logger = logging.getLogger(__name__)
 
-MONTH_TTL_S = 40 * 24 * 3600
+RETENTION_DAYS = 400
+COMMIT_TIMEOUT_S = 0.5  # a charge written through waits no longer; the next flush writes it
+DOWN_S = 1.0  # after a failed commit or read, requests stop trying Redis for this long
+MONTH_TTL_S = RETENTION_DAYS * 24 * 3600
 # One tenant-month's increments from one process, applied once however often they are sent: the
 # hash keeps the number of the last batch it applied from that process ("flush|<writer>") and
 # skips one it already has. Never fails half-way: an increment Redis refuses (a field holding no
@@ -58,13 +61,6 @@ return refused
 APPLY_SHA = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    estimated: bool = False  # counted by the gateway, upstream's usage never came
-
-
 def month(now: float | None = None) -> str:
     """The calendar month (UTC) as YYYY-MM. Asked per request, so worked out once a minute."""
     return _month_of_minute(int((time.time() if now is None else now) // 60))
@@ -75,16 +71,6 @@ def _month_of_minute(minute: int) -> str:
     return time.strftime("%Y-%m", time.gmtime(minute * 60))
 
 
-def spend_usd(model: Model | None, usage: Usage) -> float | None:
-    """USD for this usage, or None when the model has no price."""
-    if model is None or model.input_usd_per_mtok is None or model.output_usd_per_mtok is None:
-        return None
-    return (
-        usage.prompt_tokens * model.input_usd_per_mtok
-        + usage.completion_tokens * model.output_usd_per_mtok
-    ) / 1_000_000
-
-
 class UsageStore(ABC):
     def __init__(self) -> None:
         self.last_seen: dict[str, float] = {}  # tenant -> month spend at the last read or write
@@ -93,13 +79,18 @@ class UsageStore(ABC):
         """Count one request's usage for this month."""
         self.last_seen[tenant] = await self._add(tenant, model, usage, usd)
 
+    async def commit(self) -> bool:
+        """Make what was added so far visible to every replica now, not at the next flush (a
+        budgeted tenant's charge); False when it could not, and it waits for the next flush."""
+        return True
+
     async def spent(self, tenant: str) -> float:
-        """USD spent by the tenant this month."""
+        """USD spent by the tenant this month, as the store has it now."""
         self.last_seen[tenant] = total = await self._spent(tenant)
         return total
 
     def known_spent(self, tenant: str) -> float | None:
-        """The same, when it needs no I/O (the budget check's fast path); else None."""
+        """The same as last seen, when it needs no I/O; else None."""
         total = self._known_spent(tenant)
         if total is not None:
             self.last_seen[tenant] = total
@@ -116,8 +107,8 @@ class UsageStore(ABC):
     async def _spent(self, tenant: str) -> float: ...
 
     @abstractmethod
-    async def by_model(self, tenant: str) -> dict[str, dict[str, float]]:
-        """This month's `{model: {prompt_tokens, completion_tokens, spend_usd}}`."""
+    async def by_model(self, tenant: str, month: str) -> dict[str, dict[str, float]]:
+        """That month's `{model: {<kind>_tokens..., spend_usd}}` (see `_by_model`)."""
 
     async def close(self) -> None:  # noqa: B027 (an optional hook)
         """Release connections."""
@@ -129,10 +120,19 @@ class MemoryUsageStore(UsageStore):
         self._data: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
 
     async def _add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> float:
-        row = self._data[(month(), tenant)]
+        current = month()
+        if (current, tenant) not in self._data:
+            self._forget(current)
+        row = self._data[(current, tenant)]
         for field, value in _fields(model, usage, usd):
             row[field] = row.get(field, 0) + value
         return row.get("total|usd", 0.0)
+
+    def _forget(self, current: str) -> None:
+        """Months past the retention, as Redis would have expired them."""
+        oldest = month(time.time() - RETENTION_DAYS * 24 * 3600)
+        for key in [k for k in self._data if k[0] < oldest and k[0] != current]:
+            del self._data[key]
 
     async def _spent(self, tenant: str) -> float:
         return self._known_spent(tenant)
@@ -140,14 +140,30 @@ class MemoryUsageStore(UsageStore):
     def _known_spent(self, tenant: str) -> float:
         return self._data.get((month(), tenant), {}).get("total|usd", 0.0)
 
-    async def by_model(self, tenant: str) -> dict[str, dict[str, float]]:
-        return _by_model(self._data.get((month(), tenant), {}))
+    async def by_model(self, tenant: str, month: str) -> dict[str, dict[str, float]]:
+        return _by_model(self._data.get((month, tenant), {}))
+
+
+_KINDS = {  # a hash field's kind -> its name in /v1/usage
+    "prompt": "prompt_tokens",
+    "completion": "completion_tokens",
+    "cached": "cached_prompt_tokens",
+    "reasoning": "reasoning_tokens",
+    "estimated": "estimated_tokens",
+    "usd": "spend_usd",
+}
 
 
 def _fields(model: str, usage: Usage, usd: float | None) -> list[tuple[str, float]]:
+    counts = (
+        ("prompt", usage.prompt_tokens),
+        ("completion", usage.completion_tokens),
+        ("cached", usage.cached_tokens),
+        ("reasoning", usage.reasoning_tokens),
+        ("estimated", usage.estimated),
+    )
     fields: list[tuple[str, float]] = [
-        (f"{model}|prompt", usage.prompt_tokens),
-        (f"{model}|completion", usage.completion_tokens),
+        (f"{model}|{kind}", n) for kind, n in counts if n or kind in ("prompt", "completion")
     ]
     if usd is not None:
         fields += [(f"{model}|usd", usd), ("total|usd", usd)]
@@ -155,25 +171,27 @@ def _fields(model: str, usage: Usage, usd: float | None) -> list[tuple[str, floa
 
 
 def _by_model(row: dict[str, float]) -> dict[str, dict[str, float]]:
-    names = {"prompt": "prompt_tokens", "completion": "completion_tokens", "usd": "spend_usd"}
     out: dict[str, dict[str, float]] = {}
     for field, value in row.items():
         model, _, kind = field.rpartition("|")
-        if model == "total" or kind not in names:  # the sum, or a writer's mark
+        if model == "total" or kind not in _KINDS:  # the sum, or a writer's mark
             continue
-        entry = out.setdefault(
-            model, {"prompt_tokens": 0, "completion_tokens": 0, "spend_usd": 0.0}
-        )
-        entry[names[kind]] = float(value) if kind == "usd" else int(value)
+        entry = out.setdefault(model, {name: 0 for name in _KINDS.values()})
+        entry[_KINDS[kind]] = float(value) if kind == "usd" else int(value)
+    for entry in out.values():
+        entry["spend_usd"] = float(entry["spend_usd"])
     return out
 
 
 class RedisUsageStore(UsageStore):
     """The month's usage in Redis, shared by every replica (see the key schema above).
 
-    Nothing here costs a request a Redis round trip: usage is added up locally and written in
-    one pipeline every `flush_s`, which also re-reads the month totals of the tenants this
-    replica has seen, so a budget reflects every replica's spend within about `flush_s`.
+    A tenant without a budget costs a request no Redis round trip: usage is added up locally
+    and written in one pipeline every `flush_s`, which also re-reads the month totals of the
+    tenants this replica has seen. A budgeted tenant's request reads the month total as Redis
+    has it at admission (`spent`) and writes its charge through before its answer ends
+    (`commit`), so sequential requests over any number of replicas stop exactly at the budget.
+    While Redis is away both give up at once and the figures held here are used instead.
 
     Exactly once while the process lives: what is pending becomes a numbered batch, and a batch
     whose answer does not come (Redis away, a timeout: it may or may not have been applied) is
@@ -194,6 +212,10 @@ class RedisUsageStore(UsageStore):
         self._pending: dict[str, dict[str, float]] = {}  # key -> field -> increment
         self._batch: tuple[int, dict[str, dict[str, float]]] | None = None  # sent, unanswered
         self._batches = 0  # numbered so far
+        self._adds = 0  # usage records added so far
+        self._batched = 0  # of them, in a batch made so far
+        self._written = 0  # of them, in a batch Redis has answered
+        self._down_until = 0.0  # monotonic: no commit or read tries Redis before it
         self._marked: set[str] = set()  # hashes holding this writer's mark
         self._loaded = False  # APPLY_LUA, in Redis's script cache
         self._flushing = asyncio.Lock()
@@ -216,23 +238,57 @@ class RedisUsageStore(UsageStore):
         row = self._pending.setdefault(key, {})
         for name, value in _fields(model, usage, usd):
             row[name] = row.get(name, 0) + value
+        self._adds += 1
         self._start_flusher()
         return self._total(key)
 
+    async def commit(self) -> bool:
+        """Group commit: one flush writes what every waiting caller added, so N requests
+        settling at once cost about one round trip each, not N. Bounded by COMMIT_TIMEOUT_S;
+        while Redis is away (the last try failed under DOWN_S ago) it is not tried at all."""
+        wanted = self._adds
+        if self._written >= wanted:
+            return True
+        if time.monotonic() < self._down_until:
+            return False
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                async with self._flushing:
+                    for _ in range(2):  # a batch left unanswered, then what waited beside it
+                        if self._written >= wanted:
+                            break
+                        await self._send()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._unreachable(exc)
+            return False
+        return self._written >= wanted
+
     async def _spent(self, tenant: str) -> float:
+        """Redis's total now (one round trip) plus what this process has not written yet."""
         key = self._key(tenant)
-        if key not in self._totals:  # first time: read it once, the flusher keeps it fresh
-            self._totals[key] = float(await self._redis.hget(key, "total|usd") or 0.0)
-            self._start_flusher()
+        if time.monotonic() < self._down_until:
+            raise RedisError("Redis unreachable a moment ago")
+        try:
+            total = await self._redis.hget(key, "total|usd")
+        except (RedisError, OSError) as exc:
+            self._unreachable(exc)
+            raise
+        self._totals[key] = float(total or 0.0)
+        self._start_flusher()
         return self._total(key)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        if time.monotonic() >= self._down_until:
+            logger.warning("usage store: Redis unreachable (%s); usage held", type(exc).__name__)
+        self._down_until = time.monotonic() + DOWN_S
 
     def _known_spent(self, tenant: str) -> float | None:
         key = self._key(tenant)
         return self._total(key) if key in self._totals else None
 
-    async def by_model(self, tenant: str) -> dict[str, dict[str, float]]:
+    async def by_model(self, tenant: str, month: str) -> dict[str, dict[str, float]]:
         await self.flush()
-        row = await self._redis.hgetall(self._key(tenant))
+        row = await self._redis.hgetall(f"{self._prefix}:usage:{month}:{tenant}")
         return _by_model({_text(k): float(v) for k, v in row.items()})
 
     async def flush(self) -> None:
@@ -247,6 +303,9 @@ class RedisUsageStore(UsageStore):
         if self._batch is None and self._pending:
             self._batches += 1
             self._batch, self._pending = (self._batches, self._pending), {}
+            self._batched, upto = self._adds, self._adds
+        else:
+            upto = self._batched if self._batch is not None else self._written
         number, rows = self._batch or (0, {})
         keys = list(self._totals)
         if rows and not self._loaded:
@@ -258,6 +317,7 @@ class RedisUsageStore(UsageStore):
             await self._redis.script_load(APPLY_LUA)
             results = await self._pipeline(number, rows, keys).execute()
         self._batch = None
+        self._written = max(self._written, upto)
         self._marked.update(rows)
         if refused := sum(results[: len(rows)]):
             logger.error(
@@ -292,9 +352,11 @@ class RedisUsageStore(UsageStore):
                 await self.flush()
             except (RedisError, OSError) as exc:
                 self._failed_flushes += 1
+                self._down_until = time.monotonic() + DOWN_S
                 if self._failed_flushes == 1:
                     logger.warning("usage store: Redis unreachable (%s); holding usage", exc)
                 continue
+            self._down_until = 0.0
             if self._failed_flushes:
                 logger.info("usage store: Redis answers again; usage written")
                 self._failed_flushes = 0

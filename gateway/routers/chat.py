@@ -1,6 +1,7 @@
 """`POST /v1/chat/completions`, the hot path, as plain ASGI: a thin handler over values.
 
     body --chat_request()--> Call --Budgets.check()--> Proxy.chat() --> Result --settle()
+                                                         (slot, Budgets.admit(), charge)
 
 The handler reads the body, turns it into a `Call` (or refuses it), checks the budget, hands the
 exchange to the proxy, and settles what came back. Whatever the client sees is written by the
@@ -113,7 +114,7 @@ class ChatCompletions:
                 )
                 del body, parsed  # the call holds the one body sent upstream
                 record.model = call.label
-                await runtime.budgets.check(tenant)
+                runtime.budgets.check(tenant)  # the exact check comes with the slot
                 result = await runtime.proxy.chat(call, client)
         except GatewayError as exc:
             await client.error(exc)

@@ -39,6 +39,9 @@ class ModelList(BaseModel):
 class ModelUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
+    cached_prompt_tokens: int  # a part of prompt_tokens
+    reasoning_tokens: int  # a part of completion_tokens
+    estimated_tokens: int  # a part of both, counted by the gateway (upstream told none)
     spend_usd: float
 
 
@@ -53,7 +56,7 @@ class TenantUsage(BaseModel):
     month: str  # YYYY-MM, UTC
     spend_usd: float
     budget_usd: float | None
-    remaining_usd: float | None
+    remaining_usd: float | None  # this month only
     models: dict[str, ModelUsage]
     concurrency: Pool
 

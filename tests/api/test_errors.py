@@ -26,7 +26,7 @@ async def boom(*args: object) -> None:
     ("target", "method", "path", "body"),
     [
         ("catalog.list_for", "GET", "/v1/models", None),
-        ("budgets.check", "POST", "/v1/chat/completions", CHAT),
+        ("budgets.admit", "POST", "/v1/chat/completions", CHAT),
     ],
 )
 async def test_a_bug_is_a_500_envelope_without_the_traceback(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.cost import Usage
 from gateway.sse import StreamMeter
 
 ROLE = b'data: {"id":"1","choices":[{"delta":{"role":"assistant","content":""}}],"usage":null}\n\n'
@@ -25,7 +26,7 @@ def relay(meter: StreamMeter, data: bytes, size: int) -> bytes:
 def test_client_that_asked_for_usage_gets_every_byte(size: int) -> None:
     meter = StreamMeter(strip_usage=False)
     assert relay(meter, STREAM, size) == STREAM
-    assert meter.usage == {"prompt_tokens": 5, "completion_tokens": 2}
+    assert meter.usage == Usage(5, 2)
     assert meter.done
     assert meter.content_chunks == 2
 
@@ -37,7 +38,7 @@ def test_usage_is_hidden_from_a_client_that_did_not_ask(size: int) -> None:
     assert b'"usage":null}' not in out and b'"usage":{' not in out
     assert b'\\"usage\\":null' in out  # text inside a string is never touched
     assert out.count(b"data: ") == 5  # the usage chunk is gone
-    assert meter.usage == {"prompt_tokens": 5, "completion_tokens": 2}
+    assert meter.usage == Usage(5, 2)
 
 
 def test_spaced_json_and_crlf() -> None:
@@ -49,7 +50,7 @@ def test_spaced_json_and_crlf() -> None:
     meter = StreamMeter(strip_usage=True)
     out = relay(meter, spaced, 5)
     assert out == b'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: [DONE]\n\n'
-    assert meter.usage == {"prompt_tokens": 1, "completion_tokens": 1}
+    assert meter.usage == Usage(1, 1)
     assert meter.content_chunks == 1
 
 
@@ -66,7 +67,7 @@ def test_usage_with_spaces_is_found_on_the_fast_path() -> None:
     spaced = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}\n\n'
     meter = StreamMeter(strip_usage=True)
     assert meter.feed(ROLE + spaced) == ROLE.replace(b',"usage":null', b"")
-    assert meter.usage == {"prompt_tokens": 3, "completion_tokens": 4}
+    assert meter.usage == Usage(3, 4)
 
 
 def test_reasoning_deltas_count_and_done_without_blank_line() -> None:

@@ -14,7 +14,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.usage import RedisUsageStore, Usage, month
+from gateway.cost import Usage
+from gateway.usage import RedisUsageStore, month
 from tests.poll import until
 from tests.unit.redis_relay import RedisRelay, port_of
 
@@ -104,8 +105,15 @@ async def test_a_flush_whose_answer_was_lost_is_not_counted_twice(
         await add(store, tenant, second)
         await store.flush()  # the first batch again, skipped by Redis; then the second
         assert await counted(direct, key) == expected(zeroth, first, second)
-        assert await store.by_model(tenant) == {
-            MODEL: {"prompt_tokens": 1011, "completion_tokens": 102, "spend_usd": 0.875}
+        assert await store.by_model(tenant, month()) == {
+            MODEL: {
+                "prompt_tokens": 1011,
+                "completion_tokens": 102,
+                "cached_prompt_tokens": 0,
+                "reasoning_tokens": 0,
+                "estimated_tokens": 0,
+                "spend_usd": 0.875,
+            }
         }
         assert await store.spent(tenant) == pytest.approx(0.875)
     finally:
