@@ -49,6 +49,7 @@ from gateway.upstream import (
     UpstreamClient,
     Verdict,
     classify,
+    never_sent,
     refused,
     wire_failure,
 )
@@ -221,10 +222,9 @@ class Proxy:
                 )
         except WIRE_ERRORS as exc:
             m.child(m.upstream_requests, call.account.name, call.label, "error").inc()
-            verdict = wire_failure(exc, "response", read_timeout)
-            if verdict.retry is not None:  # W&B never had it (a timeout means it may have)
+            if never_sent(exc):
                 run.unbilled -= 1
-            return verdict
+            return wire_failure(exc, "response", read_timeout)
         m.child(m.upstream_requests, call.account.name, call.label, str(resp.status)).inc()
         if resp.status != 200:  # W&B refused it: nothing to bill
             run.unbilled -= 1

@@ -219,6 +219,12 @@ def wire_failure(exc: WireError, waiting_for: str, read_timeout_s: float) -> Ver
     return _unreachable(exc)
 
 
+def never_sent(exc: WireError) -> bool:
+    """W&B certainly never had the request: the connection to it was never made. After any
+    other failure it may have had it, and may bill it."""
+    return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+
+
 def _unreachable(exc: BaseException) -> Verdict:
     error = UpstreamConnectError(f"Cannot reach W&B ({type(exc).__name__}).")
     return Verdict(error, retry="upstream_connect")

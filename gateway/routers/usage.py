@@ -20,7 +20,7 @@ router = APIRouter(tags=["usage"], responses=errors(400, 401))
 _MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 MonthQuery = Annotated[
     str | None,
-    Query(description="A month as YYYY-MM (UTC); this month when left out", max_length=64),
+    Query(description="A month as YYYY-MM (UTC); this month when left out"),
 ]
 
 

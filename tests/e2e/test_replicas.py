@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from gateway.usage import month
-from tests.e2e.helpers import USER, faults, stats
+from tests.e2e.helpers import USER, faults, prompt_tokens, seen, stats
 from tests.poll import until, until_sync
 from tests.procs import (
     ADS_KEY,
@@ -248,38 +248,68 @@ def shared_spend(url: str, prefix: str, tenant: str) -> float:
         client.close()
 
 
-def test_budget_holds_across_replicas(fake: Proc, redis_url: str) -> None:
+def test_budget_stops_sequential_requests_exactly_on_any_replica(
+    fake: Proc, redis_url: str
+) -> None:
+    """A budget that allows exactly N requests of a known cost; 20 requests one after another,
+    alternating between two replicas: exactly N reach W&B, the rest get 429 from both."""
+    n, cost = 6, (prompt_tokens(USER) + 8) * 0.22 / 1e6
     config = redis_config(fake, redis_url)
-    config["tenants"]["ads"]["monthly_budget_usd"] = budget = 0.000004
-    a, b = replicas(config, 2)
+    config["tenants"]["ads"]["monthly_budget_usd"] = (n - 0.5) * cost
+    gws = replicas(config, 2)
     try:
-
-        def call(gw: Proc) -> httpx.Response:
-            return httpx.post(
-                gw.url + "/v1/chat/completions",
+        answers = [
+            httpx.post(
+                gws[i % 2].url + "/v1/chat/completions",
                 json={"model": LLAMA, "messages": USER},
                 headers={"Authorization": f"Bearer {ADS_KEY}"},
             )
-
-        assert call(a).status_code == 200
-        assert call(a).status_code == 200  # admitted under the budget, ends over it
-        # replicas share spend through Redis every 0.5 s: within two rounds, `a`'s is there
+            for i in range(20)
+        ]
+        assert [r.status_code for r in answers] == [200] * n + [429] * (20 - n)
+        assert {r.json()["error"]["code"] for r in answers[n:]} == {"insufficient_quota"}
+        assert len(seen(fake)) == n
+        costs = [float(r.headers["x-gateway-cost-usd"]) for r in answers[:n]]
         prefix = config["limiter"]["key_prefix"]
-        until_sync(
-            lambda: shared_spend(redis_url, prefix, "ads") > budget,
-            timeout_s=1.2,
-            what="the spend over the budget in Redis",
-        )
-        refused = call(b)  # the other replica sees the spend
-        assert refused.status_code == 429
-        assert refused.json()["error"]["code"] == "insufficient_quota"
-        assert call(a).status_code == 429
+        assert shared_spend(redis_url, prefix, "ads") == pytest.approx(sum(costs), abs=1e-12)
+        direct = redis.Redis.from_url(redis_url)
+        try:  # kept for at least 13 months
+            assert direct.ttl(f"{prefix}:usage:{month()}:ads") >= 395 * 24 * 3600
+        finally:
+            direct.close()
     finally:
-        a.stop()
-        b.stop()
+        for gw in gws:
+            gw.stop()
     c = start_gateway(config)  # survives a restart: the spend is in Redis
     try:
         resp = httpx.get(c.url + "/v1/usage", headers={"Authorization": f"Bearer {ADS_KEY}"})
-        assert resp.json()["models"][LLAMA]["completion_tokens"] == 16
+        assert resp.json()["models"][LLAMA]["completion_tokens"] == 8 * n
     finally:
         c.stop()
+
+
+def test_a_past_month_is_read_from_redis(fake: Proc, redis_url: str) -> None:
+    config = redis_config(fake, redis_url)
+    prefix = config["limiter"]["key_prefix"]
+    direct = redis.Redis.from_url(redis_url)
+    try:
+        direct.hset(
+            f"{prefix}:usage:2025-11:search",
+            mapping={f"{LLAMA}|prompt": 100, f"{LLAMA}|completion": 7, f"{LLAMA}|usd": 0.5},
+        )
+    finally:
+        direct.close()
+    gw = start_gateway(config)
+    try:
+        got = httpx.get(
+            gw.url + "/v1/usage",
+            params={"month": "2025-11"},
+            headers={"Authorization": f"Bearer {SEARCH_KEY}"},
+        ).json()
+        assert (got["month"], got["spend_usd"]) == ("2025-11", 0.5)
+        assert got["models"][LLAMA]["prompt_tokens"] == 100
+        assert httpx.get(
+            gw.url + "/v1/usage", headers={"Authorization": f"Bearer {SEARCH_KEY}"}
+        ).json()["models"] == {}
+    finally:
+        gw.stop()
