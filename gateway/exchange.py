@@ -2,15 +2,18 @@
 
     body, headers, tenant, settings --chat_request()--> Call --Proxy.chat()--> Result --settle()
 
-Both are frozen: whoever holds one reads it, nobody writes it after it is made.
+Both are frozen: whoever holds one reads it, nobody writes it after it is made. Between them
+the proxy writes a `Run`, the exchange as it goes, which turns into the `Result`.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from gateway.config import Account, Model, Tenant
 from gateway.cost import Usage
+from gateway.sse import StreamMeter
 
 CLIENT_CLOSED = 499  # nginx's status for "client closed the request", for logs and metrics
 
@@ -48,3 +51,48 @@ class Result:
     charged: bool = False  # the usage was added to the tenant's spend before the answer ended
     cost_usd: float | None = None  # what was charged, when `charged` (None: no price)
     first_byte_s: float | None = None  # arrival to the first streamed byte (streams only)
+
+
+@dataclass(slots=True)
+class Run:
+    """One exchange as it goes, written only by the Proxy methods running it; `result()` turns
+    it into the frozen `Result`."""
+
+    queue_s: float = 0.0
+    attempts: int = 0
+    reason: str | None = None
+    usage: Usage | None = None  # a whole answer's usage block, when one came
+    meter: StreamMeter | None = None  # what a stream relayed, its usage block among it
+    first_byte_s: float | None = None
+    unbilled: int = 0  # attempts W&B may bill (it had the request) that told no usage
+    charged: Usage | None = None  # added to the tenant's spend before the answer ended
+    cost_usd: float | None = None  # of `charged`
+
+    def result(self, call: Call, status: int) -> Result:
+        return Result(
+            status=status,
+            reason=self.reason,
+            elapsed_s=time.monotonic() - call.start,
+            queue_s=self.queue_s,
+            attempts=self.attempts,
+            usage=self.charged or self.final_usage(call),
+            charged=self.charged is not None,
+            cost_usd=self.cost_usd,
+            first_byte_s=self.first_byte_s,
+        )
+
+    def final_usage(self, call: Call) -> Usage | None:
+        """Upstream's usage block is the truth. Every other attempt W&B had (a client gone
+        before the answer, an answer cut or never finished, a timeout) is billed by W&B all
+        the same: it counts the estimated prompt tokens (about four characters a token), plus
+        one completion token per relayed content or reasoning chunk (W&B streams a token a
+        chunk), marked estimated."""
+        usage, meter = self.usage, self.meter
+        if usage is None and meter is not None:
+            usage = meter.usage
+        relayed = meter.content_chunks if meter is not None and usage is None else 0
+        prompt = call.prompt_tokens * max(self.unbilled - (usage is not None), 0)
+        if not (prompt or relayed):
+            return usage
+        guessed = Usage(prompt, relayed, estimated=prompt + relayed)
+        return guessed if usage is None else usage + guessed

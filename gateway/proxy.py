@@ -19,7 +19,6 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -37,7 +36,7 @@ from gateway.errors import (
     UpstreamError,
     sse_event,
 )
-from gateway.exchange import CLIENT_CLOSED, Call, Result
+from gateway.exchange import CLIENT_CLOSED, Call, Result, Run
 from gateway.headers import response_headers
 from gateway.limits import Limiter
 from gateway.metrics import Metrics
@@ -62,51 +61,6 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: clients skip it, idle timers on the way reset
-
-
-@dataclass(slots=True)
-class _Run:
-    """One exchange as it goes, written only by the Proxy methods running it; `result()` turns
-    it into the frozen `Result`."""
-
-    queue_s: float = 0.0
-    attempts: int = 0
-    reason: str | None = None
-    usage: Usage | None = None  # a whole answer's usage block, when one came
-    meter: StreamMeter | None = None  # what a stream relayed, its usage block among it
-    first_byte_s: float | None = None
-    unbilled: int = 0  # attempts W&B may bill (it had the request) that told no usage
-    charged: Usage | None = None  # added to the tenant's spend before the answer ended
-    cost_usd: float | None = None  # of `charged`
-
-    def result(self, call: Call, client: Responder, gone: bool) -> Result:
-        return Result(
-            status=CLIENT_CLOSED if gone else client.status,
-            reason=self.reason,
-            elapsed_s=time.monotonic() - call.start,
-            queue_s=self.queue_s,
-            attempts=self.attempts,
-            usage=self.charged or self.final_usage(call),
-            charged=self.charged is not None,
-            cost_usd=self.cost_usd,
-            first_byte_s=self.first_byte_s,
-        )
-
-    def final_usage(self, call: Call) -> Usage | None:
-        """Upstream's usage block is the truth. Every other attempt W&B had (a client gone
-        before the answer, an answer cut or never finished, a timeout) is billed by W&B all
-        the same: it counts the estimated prompt tokens (about four characters a token), plus
-        one completion token per relayed content or reasoning chunk (W&B streams a token a
-        chunk), marked estimated."""
-        usage, meter = self.usage, self.meter
-        if usage is None and meter is not None:
-            usage = meter.usage
-        relayed = meter.content_chunks if meter is not None and usage is None else 0
-        prompt = call.prompt_tokens * max(self.unbilled - (usage is not None), 0)
-        if not (prompt or relayed):
-            return usage
-        guessed = Usage(prompt, relayed, estimated=prompt + relayed)
-        return guessed if usage is None else usage + guessed
 
 
 class Proxy:
@@ -143,7 +97,7 @@ class Proxy:
     async def chat(self, call: Call, client: Responder) -> Result:
         """The whole exchange: a slot for all of it, attempts, the relay, and the error the
         client gets if it fails before its response started."""
-        run = _Run()
+        run = Run()
         gone = False
         try:
             await client.until_disconnect(self._exchange(call, client, run))
@@ -155,9 +109,9 @@ class Proxy:
         except ClientGone:
             run.reason = "client_disconnect"
             gone = True
-        return run.result(call, client, gone)
+        return run.result(call, CLIENT_CLOSED if gone else client.status)
 
-    async def _exchange(self, call: Call, client: Responder, run: _Run) -> None:
+    async def _exchange(self, call: Call, client: Responder, run: Run) -> None:
         timeout = max(call.deadline - time.monotonic(), 0.001)
         lease = await self._limiter.acquire(call.account, call.tenant, timeout)
         run.queue_s = client.queue_s = lease.queue_s
@@ -169,7 +123,7 @@ class Proxy:
         finally:
             await lease.release()
 
-    async def _attempts(self, call: Call, client: Responder, run: _Run) -> None:
+    async def _attempts(self, call: Call, client: Responder, run: Run) -> None:
         """Attempt until one is relayed; raise the last verdict's error when none is left."""
         settings = self._settings
         while True:
@@ -200,7 +154,7 @@ class Proxy:
             )
             await asyncio.sleep(delay)
 
-    async def _attempt(self, call: Call, client: Responder, run: _Run) -> Verdict | None:
+    async def _attempt(self, call: Call, client: Responder, run: Run) -> Verdict | None:
         """One attempt: None once the client has its answer, else what went wrong."""
         m = self._metrics
         read_timeout = self._settings.read_timeout_s
@@ -256,7 +210,7 @@ class Proxy:
         return verdict
 
     async def _relay_body(
-        self, resp: aiohttp.ClientResponse, call: Call, client: Responder, run: _Run
+        self, resp: aiohttp.ClientResponse, call: Call, client: Responder, run: Run
     ) -> Verdict | None:
         try:
             body = await resp.read()
@@ -271,7 +225,7 @@ class Proxy:
         await client.whole(200, headers, body)
         return None
 
-    async def _charge(self, call: Call, run: _Run) -> None:
+    async def _charge(self, call: Call, run: Run) -> None:
         """Charge the request before its answer ends: its next request, on any replica, is
         admitted on a month's spend that includes this one."""
         usage = run.final_usage(call)
@@ -280,7 +234,7 @@ class Proxy:
             await self._accounting.charge(call, usage, run.cost_usd)
 
     async def _relay_stream(
-        self, resp: aiohttp.ClientResponse, call: Call, client: Responder, run: _Run
+        self, resp: aiohttp.ClientResponse, call: Call, client: Responder, run: Run
     ) -> Verdict | None:
         settings = self._settings
         read_timeout, keepalive = settings.read_timeout_s, settings.sse_keepalive_s
@@ -317,7 +271,7 @@ class Proxy:
         chunks: AsyncIterator[bytes],
         meter: StreamMeter,
         client: Responder,
-        run: _Run,
+        run: Run,
         call: Call,
     ) -> bytes:
         """Relay the stream after its start, its first chunk relayed (`run.first_byte_s` set)
@@ -377,7 +331,7 @@ class Proxy:
         chunks: AsyncIterator[bytes],
         meter: StreamMeter,
         client: Responder,
-        run: _Run,
+        run: Run,
         call: Call,
         watch: StreamWatch,
     ) -> None:

@@ -283,8 +283,11 @@ class RedisUsageStore(UsageStore):
         self._down_until = time.monotonic() + DOWN_S
 
     def _known_spent(self, tenant: str) -> float | None:
+        """Redis's total at the last read, plus this process's since; never read: this
+        process's own spend alone (at least what the tenant spent), if any."""
         key = self._key(tenant)
-        return self._total(key) if key in self._totals else None
+        held = key in self._pending or (self._batch is not None and key in self._batch[1])
+        return self._total(key) if key in self._totals or held else None
 
     async def by_model(self, tenant: str, month: str) -> dict[str, dict[str, float]]:
         await self.flush()

@@ -308,8 +308,11 @@ def test_a_past_month_is_read_from_redis(fake: Proc, redis_url: str) -> None:
         ).json()
         assert (got["month"], got["spend_usd"]) == ("2025-11", 0.5)
         assert got["models"][LLAMA]["prompt_tokens"] == 100
-        assert httpx.get(
-            gw.url + "/v1/usage", headers={"Authorization": f"Bearer {SEARCH_KEY}"}
-        ).json()["models"] == {}
+        assert (
+            httpx.get(
+                gw.url + "/v1/usage", headers={"Authorization": f"Bearer {SEARCH_KEY}"}
+            ).json()["models"]
+            == {}
+        )
     finally:
         gw.stop()

@@ -206,3 +206,39 @@ def test_a_deeply_nested_read_field_is_a_400_or_passed_on(field: str) -> None:
         assert call(body).body == body
     else:
         assert refused(body).param == field
+
+
+# --- the cache salt ------------------------------------------------------------------------
+
+
+def salted(body: Any, tenant: str = "search") -> dict[str, Any]:
+    sent: dict[str, Any] = json.loads(call(body, tenant=tenant, settings=SALTED).body)
+    return sent
+
+
+def test_every_tenant_gets_its_own_salt_spliced_in() -> None:
+    body = {"model": LLAMA, "messages": MESSAGES}
+    search, ads = salted(body)["cache_salt"], salted(body, "ads")["cache_salt"]
+    assert search == salted(body)["cache_salt"] and search != ads  # stable, not shared
+    assert len(search) == 32 and int(search, 16) >= 0 and "search" not in search
+    c = call(body, settings=SALTED)
+    assert c.body == b'{"cache_salt":"%s",' % search.encode() + json.dumps(body).encode()[1:]
+
+
+def test_a_stream_gets_both_the_salt_and_the_usage_request() -> None:
+    sent = salted({"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True})
+    assert sent["model"] == LLAMA and sent["stream_options"] == {"include_usage": True}
+    assert len(sent["cache_salt"]) == 32
+
+
+@pytest.mark.parametrize("own", ["mine", "", 7, None, {"a": 1}])
+def test_the_clients_own_salt_goes_up_as_sent(own: object) -> None:
+    raw = json.dumps({"model": LLAMA, "messages": MESSAGES, "cache_salt": own}).encode()
+    assert call(raw, settings=SALTED).body == raw
+
+
+def test_the_salt_depends_on_the_accounts_key() -> None:
+    other = parse_settings(base_config("http://upstream.invalid", accounts__main__api_key="k2"))
+    body = {"model": LLAMA, "messages": MESSAGES}
+    theirs = json.loads(call(body, settings=other).body)["cache_salt"]
+    assert theirs != salted(body)["cache_salt"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from gateway.cost import Usage
@@ -136,3 +137,41 @@ def test_many_usage_events_in_one_read() -> None:
     meter = StreamMeter(strip_usage=True)
     out = meter.feed(2000 * (WORD + USAGE) + DONE)  # a loop: no recursion limit
     assert out.count(b"data: ") == 2001 and meter.content_chunks == 2000 and meter.done
+
+
+def delta(**fields: str) -> bytes:
+    payload = orjson.dumps({"choices": [{"index": 0, "delta": fields}]})
+    return b"data: " + payload + b"\n\n"
+
+
+@pytest.mark.parametrize(
+    ("events", "tokens"),
+    [
+        ([delta(reasoning="a"), delta(reasoning="b"), delta(content="c")], 3),
+        ([delta(reasoning_content="a"), delta(content="b")], 2),
+        # vLLM, for a while, sent its reasoning under both names: one token, not two
+        ([delta(reasoning="a", reasoning_content="a"), delta(content="b")], 2),
+        ([delta(reasoning=""), delta(content=""), delta(content="x")], 1),
+    ],
+)
+def test_reasoning_deltas_count_as_tokens_and_pass_untouched(
+    events: list[bytes], tokens: int
+) -> None:
+    for spaced in (False, True):  # the exact count, and the pattern's for other spellings
+        data = b"".join(e.replace(b'":', b'": ') if spaced else e for e in events)
+        meter = StreamMeter(strip_usage=True)
+        assert relay(meter, data, 5) == data
+        assert meter.content_chunks == tokens
+
+
+def test_a_usage_block_with_details_is_read_whole() -> None:
+    usage = {
+        "prompt_tokens": 9,
+        "completion_tokens": 6,
+        "prompt_tokens_details": {"cached_tokens": 4},
+        "completion_tokens_details": {"reasoning_tokens": 5},
+    }
+    event = b"data: " + orjson.dumps({"choices": [], "usage": usage}) + b"\n\n"
+    meter = StreamMeter(strip_usage=True)
+    assert relay(meter, event + b"data: [DONE]\n\n", 3) == b"data: [DONE]\n\n"
+    assert meter.usage == Usage(9, 6, cached_tokens=4, reasoning_tokens=5)

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.cost import Usage
@@ -139,3 +140,64 @@ async def test_the_flusher_keeps_usage_through_a_pause(redis_url: str, direct: R
         await until(all_written, timeout_s=3, what="every request's usage written once")
     finally:
         await store.close()
+
+
+async def evalsha_calls(direct: Redis) -> int:
+    stats = await direct.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_charges_committed_at_once_share_their_round_trips(
+    redis_url: str, direct: Redis
+) -> None:
+    """A budgeted tenant's charge is written through (`commit`): 50 settling at once are all in
+    Redis when their commits return, in a few batches, not 50."""
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    key = f"igw:usage:{month()}:{tenant}"
+    store = RedisUsageStore(client(redis_url), None, "igw", flush_s=3600)
+    try:
+        await add(store, tenant, (1, 1, 0.125))
+        assert await store.commit()  # loads the script: later calls are what is counted
+        before = await evalsha_calls(direct)
+
+        async def settle() -> bool:
+            await add(store, tenant, (1, 1, 0.125))
+            return await store.commit()
+
+        assert await asyncio.gather(*(settle() for _ in range(50))) == [True] * 50
+        assert await counted(direct, key) == expected(*[(1, 1, 0.125)] * 51)
+        assert await evalsha_calls(direct) - before <= 3
+        assert await store.commit()  # nothing new: no round trip
+        assert await evalsha_calls(direct) - before <= 3
+    finally:
+        await store.close()
+
+
+async def test_a_commit_gives_up_quickly_while_redis_is_away(redis_url: str, direct: Redis) -> None:
+    relay = RedisRelay(port_of(redis_url))
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    key = f"igw:usage:{month()}:{tenant}"
+    store = RedisUsageStore(client(await relay.start()), None, "igw", flush_s=0.05)
+    try:
+        relay.drop_answers = True
+        await add(store, tenant, (5, 5, 0.5))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert not await store.commit()  # bounded: the socket's timeout here, 0.5 s at most
+        assert loop.time() - start < 0.45
+        start = loop.time()
+        assert not await store.commit()  # Redis was away a moment ago: not even tried
+        with pytest.raises(RedisError):
+            await store.spent(tenant)
+        assert loop.time() - start < 0.05
+        assert store.known_spent(tenant) == 0.5  # what budgets use meanwhile: its own spend
+        relay.drop_answers = False
+
+        async def written() -> bool:
+            return await counted(direct, key) == expected((5, 5, 0.5))
+
+        await until(written, timeout_s=5, what="the held charge written by the flusher")
+        assert await store.spent(tenant) == pytest.approx(0.5)
+    finally:
+        await store.close()
+        await relay.close()
