@@ -54,12 +54,19 @@ OPENAPI = {
             "200": {
                 "description": "A chat completion, or its SSE stream",
                 "headers": {
-                    name: {"schema": {"type": "integer"}}
-                    for name in (
-                        "x-gateway-queue-ms",
-                        "x-ratelimit-limit-requests",
-                        "x-ratelimit-remaining-requests",
-                    )
+                    **{
+                        name: {"schema": {"type": "integer"}}
+                        for name in (
+                            "x-gateway-queue-ms",
+                            "x-ratelimit-limit-requests",
+                            "x-ratelimit-remaining-requests",
+                        )
+                    },
+                    "x-gateway-cost-usd": {
+                        "description": "what the answer cost, added to the tenant's spend "
+                        "(whole answers of priced models)",
+                        "schema": {"type": "string", "pattern": r"^\d+\.\d+$"},
+                    },
                 },
                 "content": {"application/json": {}, "text/event-stream": {}},
             },
