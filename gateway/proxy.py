@@ -335,7 +335,7 @@ class Proxy:
         call: Call,
         watch: StreamWatch,
     ) -> None:
-        """Relay upstream's chunks as they come, to the end of its body."""
+        """Relay upstream's chunks as they come, to the end of its body or `[DONE]`."""
         async for chunk in chunks:
             watch.received += 1
             relayed = meter.feed(chunk)
@@ -345,6 +345,8 @@ class Proxy:
                 watch.ended += 1
                 if run.first_byte_s is None:
                     run.first_byte_s = time.monotonic() - call.start
+            if meter.done:  # the answer is whole: nothing after `[DONE]` is waited for
+                return
 
 
 def _backoff(attempt: int, base: float, cap: float) -> float:

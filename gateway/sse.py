@@ -3,7 +3,9 @@
 `StreamMeter.feed()` takes upstream bytes and returns what the client should get. It splits the
 bytes into SSE events only to find three things: the usage chunk (W&B sends it last when
 `stream_options.include_usage` is set), how many content chunks were relayed (to estimate the
-tokens of a stream cut short), and `[DONE]`. When the gateway itself asked for usage on the
+tokens of a stream cut short), and `[DONE]`, which it holds back for `flush()` to give: the
+request is charged before the client has the end of its answer. When the gateway itself asked
+for usage on the
 client's behalf, the usage chunk and the `"usage":null` fields are removed, so the client sees
 exactly what it would have seen without the gateway.
 
@@ -27,14 +29,15 @@ _LINE_DONE = b"\n" + _DONE
 
 
 class StreamMeter:
-    __slots__ = ("_buf", "content_chunks", "done", "strip_usage", "usage")
+    __slots__ = ("_buf", "_ending", "content_chunks", "done", "strip_usage", "usage")
 
     def __init__(self, strip_usage: bool) -> None:
         self.strip_usage = strip_usage
         self.usage: Usage | None = None
         self.content_chunks = 0
-        self.done = False
+        self.done = False  # `[DONE]` came: it is held back, for `flush()` to give
         self._buf = b""
+        self._ending = b""
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._buf + chunk if self._buf else chunk
@@ -55,6 +58,9 @@ class StreamMeter:
         every run of events between them in one piece, in C (`_whole`)."""
         out: list[bytes] = []
         while data:
+            if self.done:
+                self._ending += data
+                break
             usage = data.count(b'"usage"')
             found = None
             if usage and data.count(b'"usage":null') != usage:
@@ -67,6 +73,9 @@ class StreamMeter:
             stop = data.find(b"\n\n", found.end())  # found: `data` ends with a blank line
             if start:
                 out.append(self._whole(data[:start], True))
+            if self.done:  # `[DONE]` came before it: the rest is held with it
+                self._ending += data[start:]
+                break
             kept = self._event(data[start:stop])
             if kept is not None:
                 out.append(kept + b"\n\n")
@@ -76,19 +85,26 @@ class StreamMeter:
     def _whole(self, chunk: bytes, named_usage: bool) -> bytes:
         """The common case, whole events without a usage object: a few scans in C (byte
         counts, not regular expressions, for the compact JSON upstream sends), no split.
-        `named_usage`: the chunk may hold a `"usage"` key (a `null` to strip)."""
+        `named_usage`: the chunk may hold a `"usage"` key (a `null` to strip). From `[DONE]` on,
+        the chunk is held back."""
+        if chunk.startswith(_DONE):
+            self.done, self._ending, chunk = True, self._ending + chunk, b""
+        elif (at := chunk.find(_LINE_DONE)) >= 0:  # a raw newline: never in a string
+            self.done, self._ending, chunk = True, self._ending + chunk[at + 1 :], chunk[: at + 1]
         self.content_chunks += _text_deltas(chunk)
-        if chunk.startswith(_DONE) or _LINE_DONE in chunk:  # a raw newline: never in a string
-            self.done = True
         if self.strip_usage and named_usage:
             return _strip_usage_nulls(chunk)
         return chunk
 
     def flush(self) -> bytes:
-        """At a clean end of the upstream body: what is left of an unterminated last event.
-        A `[DONE]` missing only its blank line still counts; any other fragment is dropped, since
-        glued to the error event that follows it would make that unreadable."""
+        """At the end: the `[DONE]` held back (the proxy charges the request before the client
+        has it), or what is left of an unterminated last event. A `[DONE]` missing only its
+        blank line still counts; any other fragment is dropped, since glued to the error event
+        that follows it would make that unreadable."""
         rest, self._buf = self._buf, b""
+        if self.done:
+            ending, self._ending = self._ending, b""
+            return ending
         if rest.startswith(_DONE):
             self.done = True
             return rest.rstrip(b"\n") + b"\n\n"
@@ -97,8 +113,8 @@ class StreamMeter:
     def _event(self, event: bytes) -> bytes | None:
         """The event as the client should get it, or None to drop it."""
         if event.lstrip(b"\n").startswith(_DONE):
-            self.done = True
-            return event
+            self.done, self._ending = True, event + b"\n\n"
+            return None
         self.content_chunks += _text_deltas(event)
         named = event.count(b'"usage"')
         if named and event.count(b'"usage":null') != named and _USAGE_OBJECT.search(event):

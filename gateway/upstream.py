@@ -220,9 +220,15 @@ def wire_failure(exc: WireError, waiting_for: str, read_timeout_s: float) -> Ver
 
 
 def never_sent(exc: WireError) -> bool:
-    """W&B certainly never had the request: the connection to it was never made. After any
-    other failure it may have had it, and may bill it."""
-    return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    """W&B did not work on the request: the connection to it was never made, or it was closed
+    before any answer (mostly a pooled keep-alive connection W&B had just closed as idle).
+    After any other failure (a timeout, a connection reset) it may have, and may bill it."""
+    return isinstance(
+        exc,
+        aiohttp.ClientConnectorError
+        | aiohttp.ConnectionTimeoutError
+        | aiohttp.ServerDisconnectedError,
+    )
 
 
 def _unreachable(exc: BaseException) -> Verdict:

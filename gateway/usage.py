@@ -34,7 +34,7 @@ from gateway.cost import Usage
 logger = logging.getLogger(__name__)
 
 RETENTION_DAYS = 400
-COMMIT_TIMEOUT_S = 0.5  # a charge written through waits no longer; the next flush writes it
+ROUND_TRIP_S = 0.5  # a budget's read or write-through waits no longer (the flusher may)
 DOWN_S = 1.0  # after a failed commit or read, requests stop trying Redis for this long
 MONTH_TTL_S = RETENTION_DAYS * 24 * 3600
 # One tenant-month's increments from one process, applied once however often they are sent: the
@@ -216,6 +216,7 @@ class RedisUsageStore(UsageStore):
         self._batched = 0  # of them, in a batch made so far
         self._written = 0  # of them, in a batch Redis has answered
         self._down_until = 0.0  # monotonic: no commit or read tries Redis before it
+        self._flushes = 0  # sends Redis has answered
         self._marked: set[str] = set()  # hashes holding this writer's mark
         self._loaded = False  # APPLY_LUA, in Redis's script cache
         self._flushing = asyncio.Lock()
@@ -244,37 +245,53 @@ class RedisUsageStore(UsageStore):
 
     async def commit(self) -> bool:
         """Group commit: one flush writes what every waiting caller added, so N requests
-        settling at once cost about one round trip each, not N. Bounded by COMMIT_TIMEOUT_S;
-        while Redis is away (the last try failed under DOWN_S ago) it is not tried at all."""
+        settling at once cost about one round trip each, not N. Bounded by ROUND_TRIP_S;
+        while Redis is away (the last try failed under DOWN_S ago) it is not tried at all.
+        Waiting for a flush under way is not Redis failing: only a send that timed out is."""
         wanted = self._adds
         if self._written >= wanted:
             return True
         if time.monotonic() < self._down_until:
             return False
+        sending = False
         try:
-            async with asyncio.timeout(COMMIT_TIMEOUT_S):
+            async with asyncio.timeout(ROUND_TRIP_S):
                 async with self._flushing:
+                    sending = True
                     for _ in range(2):  # a batch left unanswered, then what waited beside it
                         if self._written >= wanted:
                             break
                         await self._send()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            if sending:
+                self._unreachable(exc)
+            return False
+        except (RedisError, OSError) as exc:
             self._unreachable(exc)
             return False
         return self._written >= wanted
 
     async def _spent(self, tenant: str) -> float:
-        """Redis's total now (one round trip) plus what this process has not written yet."""
+        """Redis's total now (one round trip, bounded by ROUND_TRIP_S) plus what this process
+        has not written yet. The batch under way counts unless Redis has its mark already; a
+        flush that ended meanwhile read the total after the read did, so its figure stands."""
         key = self._key(tenant)
         if time.monotonic() < self._down_until:
             raise RedisError("Redis unreachable a moment ago")
+        flushes = self._flushes
         try:
-            total = await self._redis.hget(key, "total|usd")
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(ROUND_TRIP_S):
+                total, mark = await self._redis.hmget(key, ["total|usd", f"flush|{self._writer}"])
+        except (RedisError, OSError, TimeoutError) as exc:
             self._unreachable(exc)
             raise
-        self._totals[key] = float(total or 0.0)
         self._start_flusher()
+        if flushes != self._flushes and key in self._totals:
+            return self._total(key)
+        self._totals[key] = float(total or 0.0)
+        batch = self._batch
+        if batch is not None and key in batch[1] and int(mark or 0) >= batch[0]:
+            return self._totals[key] + self._pending.get(key, {}).get("total|usd", 0.0)
         return self._total(key)
 
     def _unreachable(self, exc: BaseException) -> None:
@@ -321,6 +338,7 @@ class RedisUsageStore(UsageStore):
             results = await self._pipeline(number, rows, keys).execute()
         self._batch = None
         self._written = max(self._written, upto)
+        self._flushes += 1
         self._marked.update(rows)
         if refused := sum(results[: len(rows)]):
             logger.error(

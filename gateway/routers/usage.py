@@ -17,7 +17,7 @@ from gateway.usage import month
 
 router = APIRouter(tags=["usage"], responses=errors(400, 401))
 
-_MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
+_MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 MonthQuery = Annotated[
     str | None,
     Query(description="A month as YYYY-MM (UTC); this month when left out"),

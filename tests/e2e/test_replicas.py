@@ -248,8 +248,33 @@ def shared_spend(url: str, prefix: str, tenant: str) -> float:
         client.close()
 
 
+def until_done(url: str) -> int:
+    """A streamed request read up to `[DONE]`, the connection closed at once, as a client that
+    takes `[DONE]` for the end; its status."""
+    body = {"model": LLAMA, "messages": USER, "stream": True}
+    with httpx.stream("POST", url, json=body, headers={"Authorization": f"Bearer {ADS_KEY}"}) as r:
+        for line in r.iter_lines():
+            if line == "data: [DONE]":
+                break
+        return r.status_code
+
+
+def whole(url: str) -> int:
+    """A request answered whole; a refusal must be the budget's."""
+    r = httpx.post(
+        url, json={"model": LLAMA, "messages": USER}, headers={"Authorization": f"Bearer {ADS_KEY}"}
+    )
+    if r.status_code == 200:
+        cost = (prompt_tokens(USER) + 8) * 0.22 / 1e6
+        assert float(r.headers["x-gateway-cost-usd"]) == pytest.approx(cost, abs=1e-10)
+    else:
+        assert r.json()["error"]["code"] == "insufficient_quota"
+    return r.status_code
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_budget_stops_sequential_requests_exactly_on_any_replica(
-    fake: Proc, redis_url: str
+    fake: Proc, redis_url: str, stream: bool
 ) -> None:
     """A budget that allows exactly N requests of a known cost; 20 requests one after another,
     alternating between two replicas: exactly N reach W&B, the rest get 429 from both."""
@@ -258,20 +283,12 @@ def test_budget_stops_sequential_requests_exactly_on_any_replica(
     config["tenants"]["ads"]["monthly_budget_usd"] = (n - 0.5) * cost
     gws = replicas(config, 2)
     try:
-        answers = [
-            httpx.post(
-                gws[i % 2].url + "/v1/chat/completions",
-                json={"model": LLAMA, "messages": USER},
-                headers={"Authorization": f"Bearer {ADS_KEY}"},
-            )
-            for i in range(20)
-        ]
-        assert [r.status_code for r in answers] == [200] * n + [429] * (20 - n)
-        assert {r.json()["error"]["code"] for r in answers[n:]} == {"insufficient_quota"}
+        send = until_done if stream else whole
+        statuses = [send(gws[i % 2].url + "/v1/chat/completions") for i in range(20)]
+        assert statuses == [200] * n + [429] * (20 - n)
         assert len(seen(fake)) == n
-        costs = [float(r.headers["x-gateway-cost-usd"]) for r in answers[:n]]
         prefix = config["limiter"]["key_prefix"]
-        assert shared_spend(redis_url, prefix, "ads") == pytest.approx(sum(costs), abs=1e-12)
+        assert shared_spend(redis_url, prefix, "ads") == pytest.approx(n * cost, abs=1e-12)
         direct = redis.Redis.from_url(redis_url)
         try:  # kept for at least 13 months
             assert direct.ttl(f"{prefix}:usage:{month()}:ads") >= 395 * 24 * 3600

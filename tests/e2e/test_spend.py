@@ -253,7 +253,9 @@ def test_a_client_salt_is_kept_and_a_tenant_may_turn_the_salt_off(fake: Proc) ->
 # --- months ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("month", ["2026-13", "26-01", "2026-1", "x" * 65, "2026-01-01"])
+@pytest.mark.parametrize(
+    "month", ["2026-13", "26-01", "2026-1", "x" * 65, "2026-01-01", "２０２６-01"]
+)
 def test_a_bad_month_is_a_400(gw: Proc, month: str) -> None:
     r = httpx.get(
         gw.url + "/v1/usage",

@@ -113,8 +113,8 @@ def test_done_quoted_inside_content_is_not_the_end() -> None:
     meter = StreamMeter(strip_usage=False)
     assert meter.feed(quoting) == quoting
     assert not meter.done
-    assert meter.feed(quoting + DONE) == quoting + DONE
-    assert meter.done
+    assert meter.feed(quoting + DONE) == quoting  # the end is held back...
+    assert meter.done and meter.flush() == DONE  # ...until the proxy has charged the request
 
 
 @pytest.mark.parametrize("size", [1, 7, 64, len(STREAM)])
@@ -136,7 +136,8 @@ def test_done_after_a_stray_blank_line_split_across_reads() -> None:
 def test_many_usage_events_in_one_read() -> None:
     meter = StreamMeter(strip_usage=True)
     out = meter.feed(2000 * (WORD + USAGE) + DONE)  # a loop: no recursion limit
-    assert out.count(b"data: ") == 2001 and meter.content_chunks == 2000 and meter.done
+    assert out.count(b"data: ") == 2000 and meter.content_chunks == 2000 and meter.done
+    assert meter.flush() == DONE
 
 
 def delta(**fields: str) -> bytes:
@@ -175,3 +176,13 @@ def test_a_usage_block_with_details_is_read_whole() -> None:
     meter = StreamMeter(strip_usage=True)
     assert relay(meter, event + b"data: [DONE]\n\n", 3) == b"data: [DONE]\n\n"
     assert meter.usage == Usage(9, 6, cached_tokens=4, reasoning_tokens=5)
+
+
+def test_done_is_held_back_with_all_that_follows_it() -> None:
+    """The client gets `[DONE]` only from `flush()`, after the proxy has charged the request;
+    nothing W&B sends after it is relayed before it."""
+    for tail in (b"", WORD, USAGE, b"data: [DONE]\n\n"):
+        meter = StreamMeter(strip_usage=False)
+        assert meter.feed(WORD + DONE + tail) == WORD
+        assert meter.done and meter.content_chunks == 1
+        assert meter.flush() == DONE + tail and meter.flush() == b""

@@ -201,3 +201,49 @@ async def test_a_commit_gives_up_quickly_while_redis_is_away(redis_url: str, dir
     finally:
         await store.close()
         await relay.close()
+
+
+async def test_a_read_of_a_hung_redis_gives_up_and_stops_trying(redis_url: str) -> None:
+    relay = RedisRelay(port_of(redis_url))
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    slow = Redis.from_url(await relay.start(), decode_responses=True, socket_timeout=5)
+    store = RedisUsageStore(slow, None, "igw", flush_s=3600)
+    try:
+        assert await store.spent(tenant) == 0
+        relay.drop_answers = True
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            await store.spent(tenant)  # bounded at 0.5 s, not the socket's 5 s
+        assert 0.4 < loop.time() - start < 1.0
+        start = loop.time()
+        with pytest.raises(RedisError):
+            await store.spent(tenant)  # Redis hung a moment ago: not tried
+        assert loop.time() - start < 0.05
+    finally:
+        relay.drop_answers = False
+        await store.close()
+        await relay.close()
+
+
+async def test_a_batch_applied_but_unanswered_is_not_counted_twice(
+    redis_url: str, direct: Redis
+) -> None:
+    relay = RedisRelay(port_of(redis_url))
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    key = f"igw:usage:{month()}:{tenant}"
+    store = RedisUsageStore(client(await relay.start()), None, "igw", flush_s=3600)
+    try:
+        await add(store, tenant, (1, 1, 0.125))
+        await store.flush()  # the script is loaded, the tenant's total read
+        await add(store, tenant, (10, 10, 0.25))
+        relay.drop_answers = True
+        with pytest.raises(RedisTimeoutError):
+            await store.flush()  # applied by Redis, its answer lost: the batch stays unanswered
+        relay.drop_answers = False
+        assert await counted(direct, key) == expected((1, 1, 0.125), (10, 10, 0.25))
+        await add(store, tenant, (1, 1, 0.5))  # pending beside the unanswered batch
+        assert await store.spent(tenant) == pytest.approx(0.875)  # the batch once, not twice
+    finally:
+        await store.close()
+        await relay.close()
