@@ -2,7 +2,8 @@
 
 Owns everything that touches the client's socket once a request holds a concurrency slot: the
 delay or hang a fault or ``x_fake`` asks for, dropping the connection, writing the JSON body or
-the SSE events (one write per event), and counting completions and client disconnects.
+the SSE events (one write per event: reasoning chunks, then content chunks), and counting
+completions and client disconnects.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from gateway.testing.completions import Call, completion, text_words, usage
+from gateway.testing.completions import Call, completion, reasoning_words, text_words, usage
 from gateway.testing.state import FakeState
 
 _POLL_S: Final = 0.02
@@ -73,15 +74,17 @@ async def write_stream(
         raise ConnectionResetError("client went away")
     for i in range(call.choices):
         await send_choice(i, {"role": "assistant", "content": ""}, None)
+    deltas = [("reasoning", w) for w in reasoning_words(call.reasoning_tokens)]
+    deltas += [("content", w) for w in text_words(call.tokens)]
     sent = 0
-    for word in text_words(call.tokens):
+    for field, word in deltas:
         for i in range(call.choices):
             if call.cut_after is not None and sent >= call.cut_after:
                 break
             delay = call.chunk_delay_s if sent else 0.0
             if delay > 0 and not await wait(request, state, delay):
                 raise ConnectionResetError("client went away")
-            await send_choice(i, {"content": word}, None)
+            await send_choice(i, {field: word}, None)
             sent += 1
     if call.cut_after is not None:  # past the end counts as "cut before the finish chunk"
         abort(request)

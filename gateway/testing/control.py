@@ -2,7 +2,8 @@
 
 No authentication: it is for the tests and for local use, never exposed. ``stats.requests``
 counts every chat request, authenticated or not; ``records`` hold those past authentication,
-with ``status`` 0 when no response was sent.
+each with its lower-cased ``headers``, its parsed ``body`` as sent (``cache_salt`` included) and
+its ``status`` (0 when no response was sent).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ async def add_faults(request: web.Request) -> web.StreamResponse:
 
 
 async def stats(request: web.Request) -> web.StreamResponse:
-    """``GET /_fake/stats``: in flight now and at most, the counts, faults pending."""
+    """``GET /_fake/stats``: in flight now and at most, counts, faults pending, cached prefixes."""
     s = request.app[STATE]
     return web.json_response(
         {
@@ -41,6 +42,7 @@ async def stats(request: web.Request) -> web.StreamResponse:
             "max_inflight_project": s.max_inflight_project,
             **{name: s.counts[name] for name in COUNTS},
             "faults_pending": s.pending(),
+            "prefix_cache_entries": len(s.prefix_cache),
         }
     )
 
@@ -51,6 +53,6 @@ async def requests(request: web.Request) -> web.StreamResponse:
 
 
 async def reset(request: web.Request) -> web.StreamResponse:
-    """``POST /_fake/reset``: forget faults, records and stats (see ``FakeState.reset``)."""
+    """``POST /_fake/reset``: forget faults, records, stats and cached prefixes (``FakeState``)."""
     request.app[STATE].reset()
     return web.json_response({"reset": True})

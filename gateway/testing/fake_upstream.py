@@ -4,21 +4,25 @@ Owns the simulation of ``https://api.inference.wandb.ai/v1`` used by end-to-end 
 sockets and by users trying the gateway without a W&B account: authentication (Bearer key plus
 ``OpenAI-Project: entity/project``), the model list, retired models (404), per-key and
 per-project concurrency limits (429), the documented error table, deterministic completions
-(plain JSON and SSE) and a control API under ``/_fake/`` to script faults and inspect traffic.
+(plain JSON and SSE, reasoning text for reasoning models, usage with cached and reasoning token
+details), prompt prefix caching isolated by ``cache_salt``, and a control API under ``/_fake/``
+to script faults and inspect traffic.
 
 Every answer but the control API's carries the account-level headers W&B's edge would send
 (``ACCOUNT_HEADERS``: the organisation, rate limits, a cookie, HSTS, CORS, ``alt-svc``): none of
 them is a tenant's business, so a gateway must not relay them.
 
 This module holds the routes, the checks a chat request passes in order (key and project,
-body, queued fault, model, concurrency slot) and the server's lifecycle; it is also the import
-surface for the CLI and the tests. The rest lives beside it in ``gateway.testing``:
+body, queued fault, model, concurrency slot; then the prefix cache is asked) and the server's
+lifecycle; it is also the import surface for the CLI and the tests. The rest lives beside it
+in ``gateway.testing``:
 
-- ``settings``: ``FakeSettings``, ``DEFAULT_KEY`` and the model catalogue;
+- ``settings``: ``FakeSettings``, ``DEFAULT_KEY``, the model catalogue and its reasoning models;
 - ``errors``: the error envelope and W&B's error table;
 - ``faults``: the kinds of fault the control API queues and how each is given;
 - ``state``: ``FakeState``, what one app remembers;
 - ``completions``: the request parsed into a ``Call``, the token formula and the answer's body;
+- ``prefix_cache``: the message prefixes seen, per ``cache_salt`` (``cached_tokens``);
 - ``answer``: writing that answer over the connection (waits, cuts, SSE);
 - ``control``: the ``/_fake/`` handlers.
 """
@@ -35,8 +39,16 @@ from aiohttp.typedefs import Handler
 
 from gateway.testing import control
 from gateway.testing.answer import answer, dropped
-from gateway.testing.completions import WORDS, BadRequest, parse_call, prompt_tokens
+from gateway.testing.completions import (
+    REASONING_WORDS,
+    WORDS,
+    BadRequest,
+    parse_call,
+    prompt_tokens,
+    set_cached,
+)
 from gateway.testing.errors import ERRORS, error, known_error
+from gateway.testing.prefix_cache import CACHE_LIMIT
 from gateway.testing.settings import (
     DEFAULT_KEY,
     MODELS_CREATED,
@@ -48,8 +60,10 @@ from gateway.testing.state import RECORD_LIMIT, STATE, FakeState
 
 __all__ = [
     "ACCOUNT_HEADERS",
+    "CACHE_LIMIT",
     "DEFAULT_KEY",
     "MODELS_CREATED",
+    "REASONING_WORDS",
     "RECORD_LIMIT",
     "STATE",
     "WORDS",
@@ -156,6 +170,7 @@ async def _checked_chat(
     if not state.admit(key, project):
         state.counts["rejected_429"] += 1
         return known_error("429")
+    set_cached(call, state.prefix_cache.use(call.cache_salt, call.prefixes))
     try:
         return await answer(request, state, call, record)
     finally:

@@ -1,8 +1,9 @@
-"""What one fake upstream remembers: queued faults, recorded requests, in-flight counts, stats.
+"""What one fake upstream remembers: queued faults, recorded requests, in-flight counts, stats,
+the prompt prefix cache.
 
 One ``FakeState`` per app, reached through ``request.app[STATE]``. ``POST /_fake/reset`` clears
-faults, records, highest-in-flight figures and counts; what is in flight belongs to requests still
-being answered, and completion ids keep counting.
+faults, records, highest-in-flight figures, counts and the prefix cache; what is in flight
+belongs to requests still being answered, and completion ids keep counting.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from gateway.testing.faults import Fault
+from gateway.testing.prefix_cache import PrefixCache
 from gateway.testing.settings import FakeSettings
 
 RECORD_LIMIT: Final = 2000
@@ -35,6 +37,7 @@ class FakeState:
     counts: Counter[str] = field(default_factory=Counter)  # the COUNTS, for stats
     last_id: int = 0
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    prefix_cache: PrefixCache = field(default_factory=PrefixCache)
 
     def admit(self, key: str, project: str) -> bool:
         s = self.settings
@@ -73,6 +76,7 @@ class FakeState:
         self.max_inflight.clear()
         self.max_inflight_project.clear()
         self.counts.clear()
+        self.prefix_cache.clear()
 
 
 STATE: Final = web.AppKey("fake_upstream_state", FakeState)

@@ -6,25 +6,32 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from openai import AsyncOpenAI
 
 from gateway.testing.fake_upstream import (
+    CACHE_LIMIT,
     DEFAULT_KEY,
     FakeSettings,
     default_settings,
     start,
 )
+from gateway.testing.prefix_cache import PrefixCache
 from tests.poll import until
 
 PROJECT = "team/proj"
 HEADERS = {"Authorization": f"Bearer {DEFAULT_KEY}", "OpenAI-Project": PROJECT}
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 TEXT8 = "Hello from the fake W&B upstream for testing"
+REASONER = "openai/gpt-oss-20b"
+THOUGHT4 = "Let me think this"  # the default reasoning: 4 tokens
 CHAT = "/v1/chat/completions"
+ROOT = Path(__file__).resolve().parents[2]
 
 Serve = Callable[..., Awaitable[str]]
 
@@ -225,7 +232,30 @@ async def test_n_choices(client: httpx.AsyncClient) -> None:
     assert data["usage"]["completion_tokens"] == 8
 
 
-@pytest.mark.parametrize("model", ["deepseek-ai/DeepSeek-R1-0528", "no/such-model"])
+RETIRED_THREE = (
+    "deepseek-ai/DeepSeek-R1-0528",
+    "deepseek-ai/DeepSeek-V3-0324",
+    "meta-llama/Llama-4-Scout-17B-16E-Instruct",
+)
+
+
+def test_catalogue_is_the_shipped_price_table() -> None:
+    """The fake serves what config/gateway.yaml prices; what W&B retired is an alias there."""
+    table = yaml.safe_load((ROOT / "config/gateway.yaml").read_text())["models"]
+    settings = default_settings()
+    assert set(settings.models) == set(table)
+    assert settings.models[0] == MODEL  # tests take the first model for a plain one
+    aliases = {alias for entry in table.values() for alias in entry.get("aliases", ())}
+    assert set(RETIRED_THREE) <= set(settings.retired) <= aliases
+    assert not set(settings.retired) & set(settings.models)
+    assert settings.reasoning <= set(settings.models)
+    assert {REASONER, "openai/gpt-oss-120b", "Qwen/Qwen3-235B-A22B-Thinking-2507"} <= (
+        settings.reasoning
+    )
+    assert not {MODEL, "deepseek-ai/DeepSeek-V3.1"} & settings.reasoning
+
+
+@pytest.mark.parametrize("model", [*RETIRED_THREE, "no/such-model"])
 async def test_retired_or_unknown_model_404(client: httpx.AsyncClient, model: str) -> None:
     resp = await client.post(CHAT, json=body(model=model))
     assert resp.status_code == 404
@@ -248,6 +278,11 @@ async def test_retired_or_unknown_model_404(client: httpx.AsyncClient, model: st
         (json.dumps({"model": MODEL, "messages": "hi"}).encode(), "messages"),
         (json.dumps(body(n=0)).encode(), "n"),
         (json.dumps(body(x_fake={"tokens": "many"})).encode(), "x_fake"),
+        (json.dumps(body(x_fake={"reasoning_tokens": -1})).encode(), "x_fake"),
+        (json.dumps(body(x_fake={"cached_tokens": 1.5})).encode(), "x_fake"),
+        (json.dumps(body(cache_salt=5)).encode(), "cache_salt"),
+        (json.dumps(body(cache_salt="")).encode(), "cache_salt"),
+        (json.dumps(body(cache_salt=["a"])).encode(), "cache_salt"),
     ],
 )
 async def test_bad_body_400(client: httpx.AsyncClient, content: bytes, param: str | None) -> None:
@@ -572,3 +607,223 @@ async def test_openai_sdk(serve: Serve) -> None:
     async with httpx.AsyncClient(base_url=base) as c:
         records = (await c.get("/_fake/requests")).json()["data"]
     assert [r["headers"]["openai-project"] for r in records] == [PROJECT, PROJECT]
+
+
+# --- reasoning -----------------------------------------------------------------------------
+
+
+def reasoning_usage(prompt: int, reasoning: int, content: int) -> dict[str, Any]:
+    completion = reasoning + content
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+
+
+async def test_reasoning_model_answers_with_reasoning(client: httpx.AsyncClient) -> None:
+    data = (await client.post(CHAT, json=body(model=REASONER))).json()
+    (choice,) = data["choices"]
+    assert choice["message"] == {"role": "assistant", "content": TEXT8, "reasoning": THOUGHT4}
+    assert choice["finish_reason"] == "stop"
+    assert data["usage"] == reasoning_usage(5, 4, 8)  # completion_tokens include the reasoning
+
+
+@pytest.mark.parametrize(
+    ("model", "knob", "reasoning"),
+    [
+        (MODEL, None, ""),  # a plain model: no reasoning, no details
+        (MODEL, 2, "Let me"),  # any model may be told to reason
+        (REASONER, 0, ""),
+        (REASONER, 9, "Let me think this through step by step Let"),
+    ],
+)
+async def test_reasoning_tokens_knob(
+    client: httpx.AsyncClient, model: str, knob: int | None, reasoning: str
+) -> None:
+    knobs = {} if knob is None else {"reasoning_tokens": knob}
+    data = (await client.post(CHAT, json=body(model=model, x_fake=knobs))).json()
+    message = data["choices"][0]["message"]
+    assert message.get("reasoning", "") == reasoning
+    assert message["content"] == TEXT8
+    tokens = len(reasoning.split())
+    if tokens:
+        assert data["usage"] == reasoning_usage(5, tokens, 8)
+    else:
+        assert data["usage"] == {"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13}
+
+
+@pytest.mark.parametrize(
+    ("cap", "reasoning", "content", "finish"),
+    [(20, 4, 8, "stop"), (12, 4, 8, "stop"), (6, 4, 2, "length"), (3, 3, 0, "length")],
+)
+async def test_the_cap_bounds_reasoning_and_content_together(
+    client: httpx.AsyncClient, cap: int, reasoning: int, content: int, finish: str
+) -> None:
+    data = (await client.post(CHAT, json=body(model=REASONER, max_tokens=cap))).json()
+    (choice,) = data["choices"]
+    assert choice["finish_reason"] == finish
+    assert len(choice["message"]["reasoning"].split()) == reasoning
+    assert len(choice["message"]["content"].split()) == content
+    assert data["usage"] == reasoning_usage(5, reasoning, content)
+
+
+async def test_reasoning_with_n_choices(client: httpx.AsyncClient) -> None:
+    data = (await client.post(CHAT, json=body(model=REASONER, n=2, max_tokens=6))).json()
+    assert [c["message"]["reasoning"] for c in data["choices"]] == [THOUGHT4, THOUGHT4]
+    assert data["usage"] == reasoning_usage(5, 8, 4)
+
+
+async def test_stream_sends_reasoning_before_content(client: httpx.AsyncClient) -> None:
+    payload = body(model=REASONER, stream=True, stream_options={"include_usage": True})
+    events = await read_sse(client, payload)
+    assert events[-1] == "[DONE]"
+    *chunks, usage_chunk = events[:-1]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert deltas[1:5] == [
+        {"reasoning": "Let "},
+        {"reasoning": "me "},
+        {"reasoning": "think "},
+        {"reasoning": "this"},
+    ]
+    assert "".join(d.get("content", "") for d in deltas[5:]) == TEXT8
+    assert all(set(d) == {"content"} for d in deltas[5:-1])  # one word a chunk
+    assert len(deltas) == 1 + 4 + 8 + 1 and deltas[-1] == {}
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"] == reasoning_usage(5, 4, 8)
+    fresh = body(model=REASONER, cache_salt="not seen before")  # else its prompt is cached
+    data = (await client.post(CHAT, json=fresh)).json()
+    assert data["usage"] == usage_chunk["usage"]  # the same usage either way
+
+
+async def test_cut_after_counts_reasoning_chunks(client: httpx.AsyncClient) -> None:
+    events: list[Any] = []
+    with pytest.raises(httpx.TransportError):
+        await read_sse(client, body(model=REASONER, stream=True, x_fake={"cut_after": 5}), events)
+    deltas = [e["choices"][0]["delta"] for e in events]
+    assert deltas[1:] == [
+        {"reasoning": "Let "},
+        {"reasoning": "me "},
+        {"reasoning": "think "},
+        {"reasoning": "this"},
+        {"content": "Hello "},
+    ]
+
+
+# --- prompt prefix caching -----------------------------------------------------------------
+
+SYSTEM = {"role": "system", "content": "You answer in one short sentence."}
+FIRST = [SYSTEM, {"role": "user", "content": "What is a prefix cache?"}]
+FOLLOW_UP = [
+    *FIRST,
+    {"role": "assistant", "content": "A store of computed prompt prefixes."},
+    {"role": "user", "content": "And a cache salt?"},
+]
+
+
+async def chat_usage(client: httpx.AsyncClient, messages: Any, **extra: Any) -> dict[str, Any]:
+    resp = await client.post(CHAT, json={"model": MODEL, "messages": messages, **extra})
+    assert resp.status_code == 200, resp.text
+    usage: dict[str, Any] = resp.json()["usage"]
+    return usage
+
+
+def cached(usage: dict[str, Any]) -> int:
+    if "prompt_tokens_details" not in usage:
+        return 0
+    assert usage["prompt_tokens_details"]["cached_tokens"] > 0  # the key only when some are
+    return int(usage["prompt_tokens_details"]["cached_tokens"])
+
+
+async def test_cached_tokens_are_the_longest_prefix_seen_before(client: httpx.AsyncClient) -> None:
+    first = await chat_usage(client, FIRST)
+    assert cached(first) == 0 and first["prompt_tokens"] == expected_prompt_tokens(FIRST)
+    follow_up = await chat_usage(client, FOLLOW_UP)
+    assert follow_up["prompt_tokens"] == expected_prompt_tokens(FOLLOW_UP)
+    assert cached(follow_up) == expected_prompt_tokens(FIRST)
+    again = await chat_usage(client, FOLLOW_UP)
+    assert cached(again) == again["prompt_tokens"]  # a whole prompt seen before
+    assert cached(await chat_usage(client, [SYSTEM])) == expected_prompt_tokens([SYSTEM])
+    other_start = [{"role": "system", "content": "Something else."}, *FOLLOW_UP[1:]]
+    assert cached(await chat_usage(client, other_start)) == 0  # prefixes, not any messages
+
+
+async def test_cache_salt_isolates_reuse(client: httpx.AsyncClient) -> None:
+    await chat_usage(client, FIRST)
+    salted = await chat_usage(client, FOLLOW_UP, cache_salt="tenant-a")
+    assert cached(salted) == 0  # seen only without a salt
+    same_salt = await chat_usage(client, FIRST, cache_salt="tenant-a")
+    assert cached(same_salt) == expected_prompt_tokens(FIRST)
+    assert cached(await chat_usage(client, FIRST, cache_salt="tenant-b")) == 0
+    assert cached(await chat_usage(client, FOLLOW_UP, cache_salt=None)) == (
+        expected_prompt_tokens(FIRST)  # null is no salt
+    )
+    records = (await client.get("/_fake/requests")).json()["data"]
+    assert [r["body"].get("cache_salt") for r in records] == [
+        None,
+        "tenant-a",
+        "tenant-a",
+        "tenant-b",
+        None,
+    ]
+
+
+@pytest.mark.parametrize(("knob", "expected"), [(5, 5), (0, 0), (1000, "prompt")])
+async def test_x_fake_cached_tokens_overrides(
+    client: httpx.AsyncClient, knob: int, expected: int | str
+) -> None:
+    await chat_usage(client, FIRST)
+    usage = await chat_usage(client, FIRST, x_fake={"cached_tokens": knob})
+    assert cached(usage) == (usage["prompt_tokens"] if expected == "prompt" else expected)
+
+
+async def test_cached_tokens_in_the_stream_usage(client: httpx.AsyncClient) -> None:
+    await chat_usage(client, FIRST)
+    payload = {
+        "model": REASONER,
+        "messages": FOLLOW_UP,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    events = await read_sse(client, payload)
+    prompt = expected_prompt_tokens(FOLLOW_UP)
+    assert events[-2]["usage"] == {
+        **reasoning_usage(prompt, 4, 8),
+        "prompt_tokens_details": {"cached_tokens": expected_prompt_tokens(FIRST)},
+    }
+
+
+async def test_only_answered_requests_fill_the_cache(client: httpx.AsyncClient) -> None:
+    assert (
+        await client.post(CHAT, json={"model": "no/such", "messages": FIRST})
+    ).status_code == 404
+    await client.post("/_fake/faults", json={"faults": [{"kind": "503"}]})
+    assert (await client.post(CHAT, json={"model": MODEL, "messages": FIRST})).status_code == 503
+    assert (await stats(client))["prefix_cache_entries"] == 0
+    assert cached(await chat_usage(client, FIRST)) == 0
+    assert (await stats(client))["prefix_cache_entries"] == len(FIRST)
+
+
+async def test_reset_empties_the_cache(client: httpx.AsyncClient) -> None:
+    await chat_usage(client, FIRST)
+    assert cached(await chat_usage(client, FIRST)) > 0
+    assert (await client.post("/_fake/reset")).status_code == 200
+    assert (await stats(client))["prefix_cache_entries"] == 0
+    assert cached(await chat_usage(client, FIRST)) == 0
+
+
+def test_prefix_cache_is_a_bounded_lru() -> None:
+    assert CACHE_LIMIT == 4096
+    cache = PrefixCache(limit=2)
+    assert cache.use(None, (b"a",)) == 0
+    assert cache.use(None, (b"b",)) == 0
+    assert cache.use(None, (b"a",)) == 1  # a hit makes "a" the most recently used
+    assert cache.use(None, (b"c",)) == 0  # "b" goes
+    assert len(cache) == 2
+    assert cache.use("salt", (b"c",)) == 0  # another salt, another key; "a" goes
+    assert cache.use(None, (b"c",)) == 1
+    assert cache.use(None, (b"a",)) == 0
+    cache.clear()
+    assert len(cache) == 0
