@@ -9,6 +9,8 @@ Each file parses, validates against its schema and agrees with the gateway and w
   config -q` too when the docker CLI has the compose plugin.
 - Prometheus: promtool from Debian's prometheus package, unpacked into a cache folder rather
   than installed (the package's install script would start a Prometheus server on :9090).
+- Redis: the shipped Redis command lines (Kubernetes and Compose) run on a local redis-server:
+  a password is required, and a write survives a SIGKILL (the append-only file).
 
 `queried_metrics()` lists the metrics the dashboard and the alerts query, for other tests.
 """
@@ -21,6 +23,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +36,10 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+import redis as redis_client
 import yaml
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from gateway.cli import build_parser, cmd_fake_upstream, cmd_serve
 from gateway.config import ConfigError, Settings, load_settings, parse_settings
@@ -76,6 +82,7 @@ EXPORTED_METRICS = frozenset(
 _METRIC_RE = re.compile(r"gateway_[a-z_]+")
 _HISTOGRAM_SUFFIX_RE = re.compile(r"_(bucket|count|sum)$")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
+REDIS_PASSWORD = "0123456789abcdef"  # what the tests' environment gives REDIS_PASSWORD
 
 
 # ---- shared readers ------------------------------------------------------------------------
@@ -430,14 +437,19 @@ def test_compose_bind_mounts_exist() -> None:
 
 
 def _compose_env(**extra: str) -> dict[str, str]:
-    return {"WANDB_API_KEY": "wandb-key", "GATEWAY_KEY_HASH": hash_key("sk-gw-test"), **extra}
+    return {
+        "WANDB_API_KEY": "wandb-key",
+        "GATEWAY_KEY_HASH": hash_key("sk-gw-test"),
+        "REDIS_PASSWORD": REDIS_PASSWORD,
+        **extra,
+    }
 
 
 def test_compose_gateway_config_shares_redis_and_takes_secrets_from_the_environment() -> None:
     path = ROOT / "deploy/compose/gateway.yaml"
     settings = load_settings(path, env=_compose_env())
     assert settings.limiter.backend == "redis"
-    assert settings.limiter.redis_url == "redis://redis:6379/0"
+    assert settings.limiter.redis_url == f"redis://:{REDIS_PASSWORD}@redis:6379/0"
     assert (settings.server.host, settings.server.port) == ("0.0.0.0", 8080)
     assert settings.accounts["main"].api_key == "wandb-key"
     assert models_of(path) == models_of(ROOT / "config/gateway.yaml"), "same price table"
@@ -596,6 +608,12 @@ def test_kustomize_builds_validate(kustomize_builds: dict[str, list[dict[str, An
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]  # hash suffix followed
     settings = parse_settings(yaml.safe_load(config_map["data"]["gateway.yaml"]), env=_k8s_env())
     assert settings.limiter.backend == "redis"
+    (redis,) = [
+        o
+        for o in overlay
+        if o["metadata"]["name"] == "inference-gateway-redis" and o["kind"] == "StatefulSet"
+    ]
+    assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     for obj in overlay:
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
             assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -606,6 +624,7 @@ def _k8s_env() -> dict[str, str]:
         "WANDB_API_KEY": "wandb-key",
         "WANDB_PROJECT": "acme/gateway",
         "GATEWAY_KEY_HASH": hash_key("sk-gw-test"),
+        "REDIS_PASSWORD": REDIS_PASSWORD,
     }
 
 
@@ -630,10 +649,12 @@ def test_gateway_deployment_is_production_shaped() -> None:
     assert sleep[0] == "sleep" and 5 <= int(sleep[1]) < pod["terminationGracePeriodSeconds"] / 4
 
 
-def assert_restricted(pod: dict[str, Any]) -> None:
+def assert_restricted(pod: dict[str, Any], claims: frozenset[str] = frozenset()) -> None:
+    """A restricted pod; only its emptyDirs and the volume `claims` (its StatefulSet's
+    volumeClaimTemplates) are writable."""
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    tmp_volumes = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    tmp_volumes = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v} | claims
     for container in pod["containers"]:
         sc = container["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False
@@ -652,9 +673,9 @@ def test_pods_run_restricted() -> None:
     emptydirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     assert mounts["/tmp"] in emptydirs
     assert pod["automountServiceAccountToken"] is False
-    assert_restricted(
-        k8s_object("Deployment", "inference-gateway-redis")["spec"]["template"]["spec"]
-    )
+    redis = k8s_object("StatefulSet", "inference-gateway-redis")["spec"]
+    claims = frozenset(c["metadata"]["name"] for c in redis["volumeClaimTemplates"])
+    assert_restricted(redis["template"]["spec"], claims)
 
 
 def test_gateway_config_secret_and_deployment_agree() -> None:
@@ -683,7 +704,8 @@ def test_gateway_config_secret_and_deployment_agree() -> None:
     assert settings.limiter.backend == "redis"
     redis_service = k8s_object("Service", "inference-gateway-redis")
     port = redis_service["spec"]["ports"][0]["port"]
-    assert settings.limiter.redis_url == f"redis://{redis_service['metadata']['name']}:{port}/0"
+    host = redis_service["metadata"]["name"]
+    assert settings.limiter.redis_url == f"redis://:{REDIS_PASSWORD}@{host}:{port}/0"
     assert models_of(config) == models_of(ROOT / "config/gateway.yaml"), "same price table"
 
 
@@ -706,7 +728,7 @@ def test_service_pdb_hpa_and_servicemonitor_point_at_the_gateway() -> None:
         "name": "inference-gateway",
     }
     assert hpa["spec"]["minReplicas"] >= 3
-    redis_pod = k8s_object("Deployment", "inference-gateway-redis")["spec"]["template"]
+    redis_pod = k8s_object("StatefulSet", "inference-gateway-redis")["spec"]["template"]
     assert not selects(service["spec"]["selector"], redis_pod["metadata"]["labels"])
 
     monitor = k8s_object("ServiceMonitor", "inference-gateway")
@@ -726,6 +748,156 @@ def test_prometheusrule_is_the_rules_file() -> None:
         "deploy/k8s/monitoring/prometheusrule.yaml drifted from deploy/prometheus/rules.yml: "
         "run deploy/deploy-check sync-rules"
     )
+
+
+# ---- Redis: the month's spend survives a restart ---------------------------------------------
+
+REDIS_DURABLE = {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"}
+
+
+def redis_options(argv: list[str]) -> dict[str, str]:
+    """`--name value` pairs of a redis-server command line, the last one of a name winning."""
+    options = {}
+    for i, word in enumerate(argv):
+        if word.startswith("--") and i + 1 < len(argv):
+            options[word[2:]] = argv[i + 1]
+    return options
+
+
+def k8s_redis() -> dict[str, Any]:
+    return k8s_object("StatefulSet", "inference-gateway-redis")  # type: ignore[no-any-return]
+
+
+def compose_redis_script() -> str:
+    """The shell script the compose Redis runs, as the container's shell sees it ($$ is $)."""
+    command = compose()["services"]["redis"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    return str(command[2]).replace("$$", "$")
+
+
+def test_k8s_redis_asks_for_the_secrets_password_and_keeps_its_data() -> None:
+    redis = k8s_redis()["spec"]
+    (container,) = redis["template"]["spec"]["containers"]
+    secret = k8s_object("Secret", "inference-gateway-secrets")
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    for name in ("REDIS_PASSWORD", "REDISCLI_AUTH"):  # the server's and the probe's
+        assert env[name] == {"name": secret["metadata"]["name"], "key": "REDIS_PASSWORD"}
+    assert "REDIS_PASSWORD" in secret["stringData"]
+    assert "envFrom" not in container, "Redis gets its password, not the W&B key"
+    options = redis_options(container["args"])
+    assert options["requirepass"] == "$(REDIS_PASSWORD)"  # expanded by Kubernetes
+    assert REDIS_DURABLE.items() <= options.items()
+    assert options.get("save") != "", "no option turns persistence off"
+    (mount,) = container["volumeMounts"]
+    assert (mount["mountPath"], options["dir"]) == ("/data", "/data")
+    (claim,) = redis["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == mount["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "volumes" not in redis["template"]["spec"], "no emptyDir: the claim holds /data"
+    assert "redis-cli ping" in " ".join(container["readinessProbe"]["exec"]["command"])
+
+
+def test_k8s_gateway_reaches_redis_with_the_secrets_password() -> None:
+    config = K8S / "base" / "gateway.yaml"
+    raw_url = load_yaml(config)["limiter"]["redis_url"]
+    assert "${REDIS_PASSWORD}@" in raw_url and "REDIS_PASSWORD" in required_vars(config)
+    (container,) = gateway_pod()["spec"]["containers"]
+    (secret_ref,) = container["envFrom"]  # REDIS_PASSWORD among the Secret's keys
+    assert secret_ref["secretRef"]["name"] == "inference-gateway-secrets"
+    assert "REDIS_PASSWORD" in k8s_object("Secret", "inference-gateway-secrets")["stringData"]
+    managed = load_settings(
+        config,
+        env={
+            **_k8s_env(),
+            "REDIS_SCHEME": "rediss",
+            "REDIS_HOST": "redis.example.com",
+            "REDIS_PORT": "6380",
+        },
+    )
+    assert managed.limiter.redis_url == f"rediss://:{REDIS_PASSWORD}@redis.example.com:6380/0"
+    assert REDIS_PASSWORD not in repr(managed.limiter)
+    with pytest.raises(ConfigError, match="REDIS_PASSWORD"):
+        load_settings(config, env={k: v for k, v in _k8s_env().items() if k != "REDIS_PASSWORD"})
+
+
+def test_compose_redis_asks_for_the_env_files_password_and_keeps_its_data() -> None:
+    redis = compose()["services"]["redis"]
+    env_files = [f["path"] if isinstance(f, dict) else f for f in redis["env_file"]]
+    assert env_files == ["deploy/compose/gateway.env"]
+    example = (DEPLOY / "compose/gateway.env.example").read_text()
+    assert re.search(r"^REDIS_PASSWORD=$", example, re.M)
+    script = compose_redis_script()
+    assert "${REDIS_PASSWORD:?" in script, "no password, no Redis"
+    argv = shlex.split(script.split("exec ", 1)[1])
+    assert argv[0] == "redis-server"
+    options = redis_options(argv)
+    assert options["requirepass"] == "${REDIS_PASSWORD}"
+    assert REDIS_DURABLE.items() <= options.items()
+    assert options.get("save") != ""
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in redis["volumes"]}
+    assert volumes["/data"] in compose()["volumes"], "a named volume, not the container's layer"
+    assert "REDISCLI_AUTH" in redis["healthcheck"]["test"][1]
+    raw_url = load_yaml(DEPLOY / "compose/gateway.yaml")["limiter"]["redis_url"]
+    assert raw_url == "redis://:${REDIS_PASSWORD}@redis:6379/0"
+
+
+def _port_free() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("stack", ["k8s", "compose"])
+def test_spend_survives_a_redis_crash(stack: str, tmp_path: Path) -> None:
+    """The shipped Redis command line, run here: a write is on disk within a second (the
+    append-only file), a SIGKILL loses nothing older, and a client without the password gets in
+    nowhere."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (`make test` installs Debian's package)")
+    port = _port_free()
+    local = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    env = {**os.environ, "REDIS_PASSWORD": REDIS_PASSWORD}
+    if stack == "k8s":
+        (container,) = k8s_redis()["spec"]["template"]["spec"]["containers"]
+        args = [a.replace("$(REDIS_PASSWORD)", REDIS_PASSWORD) for a in container["args"]]
+        args = [str(tmp_path) if a == "/data" else a for a in args]  # its volume, here
+        argv = ["redis-server", *args, *local]
+    else:
+        argv = ["sh", "-c", compose_redis_script() + " " + shlex.join(local)]
+        refused = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={})
+        assert refused.returncode != 0 and "REDIS_PASSWORD" in refused.stderr
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis_client.Redis(port=port, password=REDIS_PASSWORD, socket_timeout=1)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    return proc
+            except redis_client.ConnectionError:
+                threading.Event().wait(0.05)
+        proc.kill()
+        raise AssertionError("redis-server did not start")
+
+    proc = start()
+    try:
+        client = redis_client.Redis(port=port, password=REDIS_PASSWORD)
+        client.hset("igw:usage:2026-12:default", mapping={"spend_usd": "1.25"})
+        stranger = redis_client.Redis(port=port, retry=Retry(NoBackoff(), 0))
+        with pytest.raises(redis_client.AuthenticationError):
+            stranger.get("igw:usage:2026-12:default")
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        threading.Event().wait(1.5)  # appendfsync everysec
+    finally:
+        proc.kill()  # no shutdown, no snapshot: only the append-only file remains
+        proc.wait()
+    proc = start()
+    try:
+        client = redis_client.Redis(port=port, password=REDIS_PASSWORD)
+        assert client.hget("igw:usage:2026-12:default", "spend_usd") == b"1.25"
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 # ---- alerts and dashboard ------------------------------------------------------------------
