@@ -453,9 +453,11 @@ def test_compose_gateway_config_shares_redis_and_takes_secrets_from_the_environm
     assert (settings.server.host, settings.server.port) == ("0.0.0.0", 8080)
     assert settings.accounts["main"].api_key == "wandb-key"
     assert models_of(path) == models_of(ROOT / "config/gateway.yaml"), "same price table"
-    example = (DEPLOY / "compose/gateway.env.example").read_text()
+    example = "".join(
+        (DEPLOY / f"compose/{name}.env.example").read_text() for name in ("gateway", "redis")
+    )
     for name in required_vars(path):
-        assert re.search(rf"^{name}=", example, re.M), f"{name} missing from gateway.env.example"
+        assert re.search(rf"^{name}=", example, re.M), f"{name} missing from the .env.examples"
     with pytest.raises(ConfigError, match="GATEWAY_KEY_HASH"):
         load_settings(path, env={"WANDB_API_KEY": "wandb-key"})
 
@@ -482,7 +484,9 @@ def test_no_gateway_key_or_key_hash_is_shipped() -> None:
     """A hash whose key is written down anywhere is a working credential: ship none at all."""
     files = [ROOT / "Dockerfile", ROOT / "docker-compose.yml"]
     # deploy/compose/gateway.env is the operator's own (git-ignored), not shipped.
-    files += [p for p in DEPLOY.rglob("*") if p.is_file() and p.name != "gateway.env"]
+    files += [
+        p for p in DEPLOY.rglob("*") if p.is_file() and p.name not in ("gateway.env", "redis.env")
+    ]
     for file in files:
         text = file.read_text()
         assert not re.search(r"sha256:[0-9a-fA-F]{64}", text), file
@@ -823,9 +827,15 @@ def test_k8s_gateway_reaches_redis_with_the_secrets_password() -> None:
 def test_compose_redis_asks_for_the_env_files_password_and_keeps_its_data() -> None:
     redis = compose()["services"]["redis"]
     env_files = [f["path"] if isinstance(f, dict) else f for f in redis["env_file"]]
-    assert env_files == ["deploy/compose/gateway.env"]
-    example = (DEPLOY / "compose/gateway.env.example").read_text()
+    assert env_files == ["deploy/compose/redis.env"]  # its own: Redis never sees the W&B key
+    example = (DEPLOY / "compose/redis.env.example").read_text()
     assert re.search(r"^REDIS_PASSWORD=$", example, re.M)
+    assert "REDIS_PASSWORD" not in (DEPLOY / "compose/gateway.env.example").read_text()
+    gateway = compose()["services"]["gateway-1"]
+    assert [f["path"] for f in gateway["env_file"]] == [
+        "deploy/compose/gateway.env",
+        "deploy/compose/redis.env",
+    ]
     script = compose_redis_script()
     assert "${REDIS_PASSWORD:?" in script, "no password, no Redis"
     argv = shlex.split(script.split("exec ", 1)[1])
