@@ -6,7 +6,7 @@ A tenant without `monthly_budget_usd` costs nothing here. For the others:
 - `check` (before queueing): the spend as last seen, no I/O, so a tenant known to be over its
   budget does not queue at all;
 - `admit` (slot held): the spend as the store has it now: with Redis, one round trip, bounded
-  by 0.5 s (`usage.ROUND_TRIP_S`). Every charge of a budgeted tenant is written through
+  by 0.5 s (`usage_redis.ROUND_TRIP_S`). Every charge of a budgeted tenant is written through
   before its answer ends (`UsageStore.commit`), so the only overshoot left is what requests
   already in flight at that moment spend. When Redis cannot be read, the figure this process
   holds (Redis's total at its last read plus its own spend since) is used; with no figure at

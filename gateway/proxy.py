@@ -60,6 +60,7 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+DRAIN_S = 1.0  # how long the end of a stream's body is waited for after its `[DONE]`
 KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: clients skip it, idle timers on the way reset
 
 
@@ -345,8 +346,21 @@ class Proxy:
                 watch.ended += 1
                 if run.first_byte_s is None:
                     run.first_byte_s = time.monotonic() - call.start
-            if meter.done:  # the answer is whole: nothing after `[DONE]` is waited for
-                return
+            if meter.done:  # the answer is whole: nothing after `[DONE]` is relayed
+                break
+        if meter.done:
+            await _drain(chunks)
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """After `[DONE]`: read to the end of W&B's body (here already, or a moment away), so that
+    its connection goes back to the pool; one that lingers past DRAIN_S is closed instead."""
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            async for _ in chunks:
+                pass
+    except (TimeoutError, aiohttp.ClientError):
+        pass
 
 
 def _backoff(attempt: int, base: float, cap: float) -> float:

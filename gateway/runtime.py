@@ -15,7 +15,7 @@ from gateway.limits import Limiter, MemoryLimiter
 from gateway.metrics import LiveState, Metrics
 from gateway.proxy import Proxy
 from gateway.upstream import UpstreamClient
-from gateway.usage import MemoryUsageStore, RedisUsageStore, UsageStore
+from gateway.usage import MemoryUsageStore, UsageStore
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ def make_usage_store(settings: Settings) -> UsageStore:
     """Usage lives where the limiter's state lives: Redis when configured, else this process."""
     if settings.limiter.backend == "redis":
         from gateway.redis_client import connect
+        from gateway.usage_redis import RedisUsageStore
 
         return RedisUsageStore(*connect(settings.limiter), settings.limiter.key_prefix)
     return MemoryUsageStore()
