@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -62,7 +63,8 @@ return refused
 """
 APPLY_SHA = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
 
-_Ask = tuple[str | None, int, "asyncio.Future[None]"]  # (a key to read, adds to write, answer)
+READERS = 2  # budget read sends in flight at once
+T = TypeVar("T")
 
 
 class RedisUsageStore(UsageStore):
@@ -85,8 +87,10 @@ class RedisUsageStore(UsageStore):
         self._loaded = False  # APPLY_LUA, in Redis's script cache
         self._flushing = asyncio.Lock()  # one send at a time, in the order batches are made
         self._totals: dict[str, float] = {}  # key -> month total in Redis at the last read
-        self._asks: list[_Ask] = []  # budget reads and writes for the next send
-        self._asker: asyncio.Task[None] | None = None  # sending them
+        self._writes: list[tuple[int, asyncio.Future[float]]] = []  # for the next write send
+        self._writer_task: asyncio.Task[None] | None = None  # sending them
+        self._reads: list[tuple[str, asyncio.Future[tuple[float, int]]]] = []  # for the next
+        self._readers: set[asyncio.Task[None]] = set()  # sending them
         self._down_until = 0.0  # monotonic: no budget send tries Redis before it
         self._flusher: asyncio.Task[None] | None = None
         self._failed_flushes = 0  # in a row, while Redis is away
@@ -115,53 +119,105 @@ class RedisUsageStore(UsageStore):
         if self._written >= wanted:
             return True
         try:
-            await self._ask(None, wanted)
+            self._check_up()
+            await self._wait(self._write(wanted))
         except (RedisError, OSError, TimeoutError):
             return False
         return self._written >= wanted
 
     async def _spent(self, tenant: str) -> float:
-        """Redis's total, read after this request arrived, plus what is not written yet."""
+        """Redis's total, read after this request arrived, plus what is not written yet: the
+        batch under way counts unless the hash holds its mark (applied, its answer not in). A
+        write answered during the read may be in the figure or not: the larger reading holds."""
         key = self._key(tenant)
-        await self._ask(key, 0)
+        self._check_up()
+        written = self._written
+        figure, mark = await self._wait(self._read(key))
         self._start_flusher()
-        return self._total(key)
+        self._totals.setdefault(key, figure)
+        unwritten = self._pending.get(key, {}).get("total|usd", 0.0)
+        if self._batch is not None and mark < self._batch[0]:
+            unwritten += self._batch[1].get(key, {}).get("total|usd", 0.0)
+        if self._written != written:
+            return max(figure + unwritten, self._total(key))
+        return figure + unwritten
 
-    async def _ask(self, key: str | None, wanted: int) -> None:
-        """Wait for the next send to write `wanted` adds and read `key`'s total. It is bounded
-        by ROUND_TRIP_S (a waiter gives up after twice that, a flush under way included);
-        while Redis is away (a send failed under DOWN_S ago) nothing is tried."""
+    def _check_up(self) -> None:
+        """While Redis is away (a send failed under DOWN_S ago), budgets send nothing."""
         if time.monotonic() < self._down_until:
             raise RedisError("Redis unreachable a moment ago")
-        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._asks.append((key, wanted, answer))
-        if self._asker is None:
-            self._asker = asyncio.create_task(self._answer())
-        async with asyncio.timeout(2 * ROUND_TRIP_S):
-            await answer
 
-    async def _answer(self) -> None:
-        """Send what is asked, each send taking all asked before it left, until none is."""
-        asks: list[_Ask] = []
+    @staticmethod
+    async def _wait(answer: asyncio.Future[T]) -> T:
+        """A budget send's answer, waited for at most twice ROUND_TRIP_S (a flush under way
+        may hold the writes back)."""
+        async with asyncio.timeout(2 * ROUND_TRIP_S):
+            return await answer
+
+    def _write(self, wanted: int) -> asyncio.Future[float]:
+        """Write at least `wanted` adds: with every other write asked before the next send (one
+        write send at a time: batches go in the order they are made)."""
+        answer: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._writes.append((wanted, answer))
+        if self._writer_task is None:
+            self._writer_task = asyncio.create_task(self._send_writes())
+        return answer
+
+    def _read(self, key: str) -> asyncio.Future[tuple[float, int]]:
+        """`key`'s total and this writer's mark in it: with every other read asked before the
+        next send (up to READERS sends in flight, so one slow round trip holds no one up)."""
+        answer: asyncio.Future[tuple[float, int]] = asyncio.get_running_loop().create_future()
+        self._reads.append((key, answer))
+        if len(self._readers) < READERS:
+            reader = asyncio.create_task(self._send_reads())
+            self._readers.add(reader)
+            reader.add_done_callback(self._readers.discard)
+        return answer
+
+    async def _send_writes(self) -> None:
+        writes: list[tuple[int, asyncio.Future[float]]] = []
         try:
-            while self._asks:
-                asks, self._asks = self._asks, []
-                reads = {key for key, _, _ in asks if key is not None}
-                wanted = max(w for _, w, _ in asks)
+            while self._writes:
+                writes, self._writes = self._writes, []
+                wanted = max(w for w, _ in writes)
                 try:
                     async with self._flushing, asyncio.timeout(ROUND_TRIP_S):
                         for _ in range(2):  # a batch left unanswered, then what waited beside it
-                            await self._send(reads)
+                            await self._send(())
                             if self._written >= wanted:
                                 break
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._unreachable(exc)
-                    _answer_all(asks, RedisError(f"Redis unreachable ({type(exc).__name__})"))
+                    _answer([a for _, a in writes], exc)
                 else:
-                    _answer_all(asks, None)
+                    _answer([a for _, a in writes], 0.0)
         finally:
-            self._asker = None
-            _answer_all(asks + self._asks, RedisError("the usage store is closing"))
+            self._writer_task = None
+            _answer([a for _, a in writes + self._writes], RedisError("closing"))
+
+    async def _send_reads(self) -> None:
+        reads: list[tuple[str, asyncio.Future[tuple[float, int]]]] = []
+        try:
+            while self._reads:
+                reads, self._reads = self._reads, []
+                keys = list({key for key, _ in reads})
+                try:
+                    async with asyncio.timeout(ROUND_TRIP_S):
+                        pipe = self._redis.pipeline(transaction=False)
+                        for key in keys:
+                            pipe.hmget(key, ["total|usd", f"flush|{self._writer}"])
+                        got = dict(zip(keys, await pipe.execute(), strict=True))
+                except (RedisError, OSError, TimeoutError) as exc:
+                    self._unreachable(exc)
+                    reads, self._reads = reads + self._reads, []  # all of them: Redis is away
+                    _answer([a for _, a in reads], exc)
+                    break
+                for key, answer in reads:
+                    total, mark = got[key]
+                    if not answer.done():
+                        answer.set_result((float(total or 0.0), int(mark or 0)))
+        finally:
+            _answer([a for _, a in reads + self._reads], RedisError("closing"))
 
     def _unreachable(self, exc: BaseException) -> None:
         if time.monotonic() >= self._down_until:
@@ -257,7 +313,7 @@ class RedisUsageStore(UsageStore):
                 self._failed_flushes = 0
 
     async def close(self) -> None:
-        for task in (self._flusher, self._asker):
+        for task in (self._flusher, self._writer_task, *self._readers):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -276,13 +332,15 @@ class RedisUsageStore(UsageStore):
             await self._sentinel.aclose()
 
 
-def _answer_all(asks: list[_Ask], failure: Exception | None) -> None:
-    for _, _, answer in asks:
-        if not answer.done():
-            if failure is None:
-                answer.set_result(None)
-            else:
-                answer.set_exception(failure)
+def _answer(answers: list[asyncio.Future[Any]], outcome: float | BaseException) -> None:
+    """Each answer not given yet: the figure, or Redis's failure (the caller's own to handle)."""
+    for answer in answers:
+        if answer.done():
+            continue
+        if isinstance(outcome, BaseException):
+            answer.set_exception(RedisError(f"Redis unreachable ({type(outcome).__name__})"))
+        else:
+            answer.set_result(outcome)
 
 
 def _text(value: str | bytes) -> str:

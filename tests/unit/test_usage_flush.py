@@ -171,10 +171,10 @@ async def test_charges_committed_at_once_share_their_round_trips(
         assert await store.commit()  # nothing new: no round trip
         assert await evalsha_calls(direct) - before <= 3
         # reads at admission coalesce the same way, each after its caller asked
-        reads = await evalsha_calls(direct, "hget")
+        reads = await evalsha_calls(direct, "hmget")
         spent = await asyncio.gather(*(store.spent(tenant) for _ in range(50)))
         assert spent == [pytest.approx(51 * 0.125)] * 50
-        assert await evalsha_calls(direct, "hget") - reads <= 3
+        assert 1 <= await evalsha_calls(direct, "hmget") - reads <= 4
     finally:
         await store.close()
 
