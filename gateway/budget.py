@@ -5,12 +5,13 @@ A tenant without `monthly_budget_usd` costs nothing here. For the others:
 
 - `check` (before queueing): the spend as last seen, no I/O, so a tenant known to be over its
   budget does not queue at all;
-- `admit` (slot held): the spend as the store has it now: with Redis, one round trip, bounded
-  by 0.5 s (`usage_redis.ROUND_TRIP_S`). Every charge of a budgeted tenant is written through
-  before its answer ends (`UsageStore.commit`), so the only overshoot left is what requests
-  already in flight at that moment spend. When Redis cannot be read, the figure this process
-  holds (Redis's total at its last read plus its own spend since) is used; with no figure at
-  all the check is skipped and counted (fail open: a Redis outage must not stop every tenant).
+- `admit` (slot held): the spend as the store has it now: with Redis, one round trip (shared
+  with the reads asked at the same moment), given up after about a second. Every charge of a
+  budgeted tenant is written through before its answer ends (`UsageStore.commit`), so the
+  only overshoot left is what requests already in flight at that moment spend. When Redis
+  cannot be read, the figure this process holds (Redis's total at its last read plus its own
+  spend since) is used; with no figure at all the check is skipped and counted (fail open: a
+  Redis outage must not stop every tenant).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from gateway.usage import UsageStore
 
 logger = logging.getLogger(__name__)
 
-READ_TIMEOUT_S = 1.0  # an outer bound: the Redis store bounds its own read at 0.5 s
+READ_TIMEOUT_S = 1.5  # an outer bound: the Redis store gives its read up after 1 s
 
 
 class Budgets:

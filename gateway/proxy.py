@@ -323,6 +323,8 @@ class Proxy:
             watch.close()
             self._streams.discard(watch)
         if cut is None:
+            if meter.done:
+                await _drain(chunks)
             return ending
         run.reason = cut.reason
         return ending + sse_event(cut)
@@ -337,6 +339,8 @@ class Proxy:
         watch: StreamWatch,
     ) -> None:
         """Relay upstream's chunks as they come, to the end of its body or `[DONE]`."""
+        if meter.done:
+            return
         async for chunk in chunks:
             watch.received += 1
             relayed = meter.feed(chunk)
@@ -347,9 +351,7 @@ class Proxy:
                 if run.first_byte_s is None:
                     run.first_byte_s = time.monotonic() - call.start
             if meter.done:  # the answer is whole: nothing after `[DONE]` is relayed
-                break
-        if meter.done:
-            await _drain(chunks)
+                return
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:

@@ -121,7 +121,10 @@ class RedisUsageStore(UsageStore):
         try:
             self._check_up()
             await self._wait(self._write(wanted))
-        except (RedisError, OSError, TimeoutError):
+        except TimeoutError as exc:  # behind a flush that Redis does not answer either
+            self._unreachable(exc)
+            return False
+        except (RedisError, OSError):
             return False
         return self._written >= wanted
 
@@ -134,10 +137,12 @@ class RedisUsageStore(UsageStore):
         written = self._written
         figure, mark = await self._wait(self._read(key))
         self._start_flusher()
-        self._totals.setdefault(key, figure)
-        unwritten = self._pending.get(key, {}).get("total|usd", 0.0)
-        if self._batch is not None and mark < self._batch[0]:
-            unwritten += self._batch[1].get(key, {}).get("total|usd", 0.0)
+        batch = self._batch
+        share = 0.0 if batch is None else batch[1].get(key, {}).get("total|usd", 0.0)
+        applied = batch is not None and mark >= batch[0]
+        if key not in self._totals:  # Redis's figure without the batch, as _total() reads it
+            self._totals[key] = figure - share if applied else figure
+        unwritten = self._pending.get(key, {}).get("total|usd", 0.0) + (0.0 if applied else share)
         if self._written != written:
             return max(figure + unwritten, self._total(key))
         return figure + unwritten
@@ -169,9 +174,7 @@ class RedisUsageStore(UsageStore):
         answer: asyncio.Future[tuple[float, int]] = asyncio.get_running_loop().create_future()
         self._reads.append((key, answer))
         if len(self._readers) < READERS:
-            reader = asyncio.create_task(self._send_reads())
-            self._readers.add(reader)
-            reader.add_done_callback(self._readers.discard)
+            self._readers.add(asyncio.create_task(self._send_reads()))  # it leaves the set itself
         return answer
 
     async def _send_writes(self) -> None:
@@ -215,8 +218,10 @@ class RedisUsageStore(UsageStore):
                 for key, answer in reads:
                     total, mark = got[key]
                     if not answer.done():
-                        answer.set_result((float(total or 0.0), int(mark or 0)))
+                        answer.set_result((_number(total), int(_number(mark))))
         finally:
+            if (me := asyncio.current_task()) is not None:
+                self._readers.discard(me)
             _answer([a for _, a in reads + self._reads], RedisError("closing"))
 
     def _unreachable(self, exc: BaseException) -> None:
@@ -246,8 +251,8 @@ class RedisUsageStore(UsageStore):
 
     async def _send(self, reads: Iterable[str] | None = None) -> None:
         """One pipeline: the batch (the one left unanswered, else a new one of what is
-        pending), then the totals of `reads` and of the hashes it wrote that are read at all
-        (every total seen when `reads` is None)."""
+        pending), then the totals of `reads` and of the hashes it wrote (every total seen when
+        `reads` is None)."""
         if self._batch is None and self._pending:
             self._batches += 1
             self._batch, self._pending = (self._batches, self._pending), {}
@@ -255,10 +260,7 @@ class RedisUsageStore(UsageStore):
         else:
             upto = self._batched if self._batch is not None else self._written
         number, rows = self._batch or (0, {})
-        if reads is None:
-            keys = list(self._totals)
-        else:
-            keys = list({*reads, *(k for k in rows if k in self._totals)})
+        keys = list(self._totals) if reads is None else list({*reads, *rows})
         if rows and not self._loaded:
             await self._redis.script_load(APPLY_LUA)
             self._loaded = True
@@ -275,7 +277,7 @@ class RedisUsageStore(UsageStore):
                 "usage store: Redis refused %d increment(s) (a field is no number)", refused
             )
         for key, total in zip(keys, results[len(rows) :], strict=True):
-            self._totals[key] = float(total or 0.0)
+            self._totals[key] = _number(total)
         current = month()
         self._totals = {k: v for k, v in self._totals.items() if f":usage:{current}:" in k}
 
@@ -301,7 +303,7 @@ class RedisUsageStore(UsageStore):
             await asyncio.sleep(self._flush_s)
             try:
                 await self.flush()
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # Redis away, or an answer it should not give: go on
                 self._failed_flushes += 1
                 self._down_until = time.monotonic() + DOWN_S
                 if self._failed_flushes == 1:
@@ -341,6 +343,17 @@ def _answer(answers: list[asyncio.Future[Any]], outcome: float | BaseException) 
             answer.set_exception(RedisError(f"Redis unreachable ({type(outcome).__name__})"))
         else:
             answer.set_result(outcome)
+
+
+def _number(value: object) -> float:
+    """A hash field as a number; one that holds none (written by hand?) counts 0, logged."""
+    if value is None:
+        return 0.0
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        logger.error("usage store: a usage hash holds %r where a number belongs", value)
+        return 0.0
 
 
 def _text(value: str | bytes) -> str:

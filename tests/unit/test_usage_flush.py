@@ -253,3 +253,25 @@ async def test_a_batch_applied_but_unanswered_is_not_counted_twice(
     finally:
         await store.close()
         await relay.close()
+
+
+async def test_a_total_that_is_no_number_stops_nothing(redis_url: str, direct: Redis) -> None:
+    """A hash edited by hand to hold no number: its tenant's total reads 0 (logged), and the
+    flusher goes on writing everyone else's usage."""
+    broken, other = f"t{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}"
+    await direct.hset(f"igw:usage:{month()}:{broken}", "total|usd", "not a number")
+    store = RedisUsageStore(client(redis_url), None, "igw", flush_s=0.05)
+    try:
+        assert await store.spent(broken) == 0.0
+        await add(store, broken, (1, 1, 0.25))  # its usd increment is refused, the rest kept
+        await add(store, other, (2, 2, 0.5))
+
+        async def written() -> bool:
+            return await counted(direct, f"igw:usage:{month()}:{other}") == expected((2, 2, 0.5))
+
+        await until(written, timeout_s=3, what="the other tenant's usage flushed")
+        await add(store, other, (1, 1, 0.25))
+        assert await store.commit()
+        assert await store.spent(other) == pytest.approx(0.75)
+    finally:
+        await store.close()
