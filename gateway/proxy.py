@@ -261,6 +261,8 @@ class Proxy:
             await client.chunk(meter.feed(first))
             run.first_byte_s = time.monotonic() - call.start
         ending = await self._relay_rest(chunks, meter, client, run, call)
+        if meter.done and run.reason is None:  # the watch is closed: nothing cuts the drain
+            await _drain(chunks)
         await self._charge(call, run)
         if run.reason:
             logger.warning("request %s: stream ended early (%s)", call.request_id, run.reason)
@@ -323,8 +325,6 @@ class Proxy:
             watch.close()
             self._streams.discard(watch)
         if cut is None:
-            if meter.done:
-                await _drain(chunks)
             return ending
         run.reason = cut.reason
         return ending + sse_event(cut)

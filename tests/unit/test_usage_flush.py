@@ -4,6 +4,7 @@ written later, once, whether or not Redis had applied them before the answer was
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -62,6 +63,25 @@ async def add(store: RedisUsageStore, tenant: str, usage: tuple[int, int, float]
     await store.add(tenant, MODEL, Usage(usage[0], usage[1]), usage[2])
 
 
+@contextlib.asynccontextmanager
+async def behind_relay(
+    redis_url: str, flush_s: float = 3600, socket_timeout: float = TIMEOUT_S
+) -> AsyncIterator[tuple[RedisRelay, RedisUsageStore, str, str]]:
+    """A store talking to Redis through a relay that can drop its answers; a fresh tenant and
+    its usage hash. Closed (and the relay answering again) afterwards."""
+    relay = RedisRelay(port_of(redis_url))
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    redis = client(await relay.start())
+    redis.connection_pool.connection_kwargs["socket_timeout"] = socket_timeout
+    store = RedisUsageStore(redis, None, "igw", flush_s=flush_s)
+    try:
+        yield relay, store, tenant, f"igw:usage:{month()}:{tenant}"
+    finally:
+        relay.drop_answers = False
+        await store.close()
+        await relay.close()
+
+
 async def test_a_flush_that_timed_out_before_redis_ran_it_is_written_later(
     redis_url: str, direct: Redis
 ) -> None:
@@ -89,12 +109,8 @@ async def test_a_flush_that_timed_out_before_redis_ran_it_is_written_later(
 async def test_a_flush_whose_answer_was_lost_is_not_counted_twice(
     redis_url: str, direct: Redis
 ) -> None:
-    relay = RedisRelay(port_of(redis_url))
-    tenant = f"t{uuid.uuid4().hex[:8]}"
-    key = f"igw:usage:{month()}:{tenant}"
-    store = RedisUsageStore(client(await relay.start()), None, "igw", flush_s=3600)
     zeroth, first, second = (1, 1, 0.125), (1000, 100, 0.25), (10, 1, 0.5)
-    try:
+    async with behind_relay(redis_url) as (relay, store, tenant, key):
         await add(store, tenant, zeroth)
         await store.flush()  # as any flush before Redis got slow
         await add(store, tenant, first)
@@ -118,9 +134,6 @@ async def test_a_flush_whose_answer_was_lost_is_not_counted_twice(
             }
         }
         assert await store.spent(tenant) == pytest.approx(0.875)
-    finally:
-        await store.close()
-        await relay.close()
     assert [k for k in await direct.hkeys(key) if k.startswith("flush|")] == []  # closed: unmarked
 
 
@@ -180,11 +193,7 @@ async def test_charges_committed_at_once_share_their_round_trips(
 
 
 async def test_a_commit_gives_up_quickly_while_redis_is_away(redis_url: str, direct: Redis) -> None:
-    relay = RedisRelay(port_of(redis_url))
-    tenant = f"t{uuid.uuid4().hex[:8]}"
-    key = f"igw:usage:{month()}:{tenant}"
-    store = RedisUsageStore(client(await relay.start()), None, "igw", flush_s=0.05)
-    try:
+    async with behind_relay(redis_url, flush_s=0.05) as (relay, store, tenant, key):
         relay.drop_answers = True
         await add(store, tenant, (5, 5, 0.5))
         loop = asyncio.get_running_loop()
@@ -204,17 +213,10 @@ async def test_a_commit_gives_up_quickly_while_redis_is_away(redis_url: str, dir
 
         await until(written, timeout_s=5, what="the held charge written by the flusher")
         assert await store.spent(tenant) == pytest.approx(0.5)
-    finally:
-        await store.close()
-        await relay.close()
 
 
 async def test_a_read_of_a_hung_redis_gives_up_and_stops_trying(redis_url: str) -> None:
-    relay = RedisRelay(port_of(redis_url))
-    tenant = f"t{uuid.uuid4().hex[:8]}"
-    slow = Redis.from_url(await relay.start(), decode_responses=True, socket_timeout=5)
-    store = RedisUsageStore(slow, None, "igw", flush_s=3600)
-    try:
+    async with behind_relay(redis_url, socket_timeout=5) as (relay, store, tenant, _):
         assert await store.spent(tenant) == 0
         relay.drop_answers = True
         loop = asyncio.get_running_loop()
@@ -226,20 +228,12 @@ async def test_a_read_of_a_hung_redis_gives_up_and_stops_trying(redis_url: str) 
         with pytest.raises(RedisError):
             await store.spent(tenant)  # Redis hung a moment ago: not tried
         assert loop.time() - start < 0.05
-    finally:
-        relay.drop_answers = False
-        await store.close()
-        await relay.close()
 
 
 async def test_a_batch_applied_but_unanswered_is_not_counted_twice(
     redis_url: str, direct: Redis
 ) -> None:
-    relay = RedisRelay(port_of(redis_url))
-    tenant = f"t{uuid.uuid4().hex[:8]}"
-    key = f"igw:usage:{month()}:{tenant}"
-    store = RedisUsageStore(client(await relay.start()), None, "igw", flush_s=3600)
-    try:
+    async with behind_relay(redis_url) as (relay, store, tenant, key):
         await add(store, tenant, (1, 1, 0.125))
         await store.flush()  # the script is loaded, the tenant's total read
         await add(store, tenant, (10, 10, 0.25))
@@ -250,9 +244,6 @@ async def test_a_batch_applied_but_unanswered_is_not_counted_twice(
         assert await counted(direct, key) == expected((1, 1, 0.125), (10, 10, 0.25))
         await add(store, tenant, (1, 1, 0.5))  # pending beside the unanswered batch
         assert await store.spent(tenant) == pytest.approx(0.875)  # the batch once, not twice
-    finally:
-        await store.close()
-        await relay.close()
 
 
 async def test_a_total_that_is_no_number_stops_nothing(redis_url: str, direct: Redis) -> None:
