@@ -4,6 +4,7 @@ the per-tenant cache salt, and past months."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +18,16 @@ from gateway.cost import decimal
 from tests.e2e.helpers import client, faults, prompt_tokens, seen
 from tests.e2e.test_usage import metric, samples
 from tests.poll import until_sync
-from tests.procs import ADS_KEY, LLAMA, PHI, SEARCH_KEY, Proc, base_config, start_gateway
+from tests.procs import (
+    ADS_KEY,
+    LIMITED_KEY,
+    LLAMA,
+    PHI,
+    SEARCH_KEY,
+    Proc,
+    base_config,
+    start_gateway,
+)
 
 LLAMA_PRICE = 0.22  # in and out, per million tokens (base_config)
 PHI_PRICES = (0.08, 0.02, 0.35)  # in, cached in, out
@@ -270,3 +280,28 @@ def test_a_past_month_is_empty_and_has_no_remaining_budget(gw: Proc) -> None:
     got = usage(gw, ADS_KEY, month="2025-01")
     assert (got["month"], got["spend_usd"], got["models"]) == ("2025-01", 0, {})
     assert got["remaining_usd"] is None
+
+
+# --- the budget is checked once the request holds its slot -------------------------------------
+
+
+def test_a_request_queued_behind_the_one_that_spends_the_budget_is_refused(fake: Proc) -> None:
+    """`limited` has one slot and a budget that one request spends: a second request sent while
+    the first is in flight queues under the budget, but is checked again when it gets the slot,
+    and is refused then, before W&B sees it."""
+    messages = [{"role": "user", "content": "spend it all"}]
+    cost = (prompt_tokens(messages) + 8) * LLAMA_PRICE / 1e6
+    gateway = start_gateway(config(fake, tenants__limited__monthly_budget_usd=cost / 2))
+    try:
+        body = {"model": "gpt-4o-mini", "messages": messages, "x_fake": {"delay_s": 0.5}}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(chat, gateway, body, LIMITED_KEY)
+            until_sync(lambda: len(seen(fake)) == 1, what="the first request upstream")
+            second = pool.submit(chat, gateway, body, LIMITED_KEY)
+            answers = [first.result(timeout=10), second.result(timeout=10)]
+        assert [r.status_code for r in answers] == [200, 429]
+        assert answers[1].json()["error"]["code"] == "insufficient_quota"
+        assert int(answers[1].headers["x-gateway-queue-ms"]) >= 200  # it did queue first
+        assert len(seen(fake)) == 1
+    finally:
+        gateway.stop()
