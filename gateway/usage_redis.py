@@ -24,7 +24,6 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
@@ -87,7 +86,7 @@ class RedisUsageStore(UsageStore):
         self._loaded = False  # APPLY_LUA, in Redis's script cache
         self._flushing = asyncio.Lock()  # one send at a time, in the order batches are made
         self._totals: dict[str, float] = {}  # key -> month total in Redis at the last read
-        self._writes: list[tuple[int, asyncio.Future[float]]] = []  # for the next write send
+        self._writes: list[tuple[int, asyncio.Future[None]]] = []  # for the next write send
         self._writer_task: asyncio.Task[None] | None = None  # sending them
         self._reads: list[tuple[str, asyncio.Future[tuple[float, int]]]] = []  # for the next
         self._readers: set[asyncio.Task[None]] = set()  # sending them
@@ -159,10 +158,10 @@ class RedisUsageStore(UsageStore):
         async with asyncio.timeout(2 * ROUND_TRIP_S):
             return await answer
 
-    def _write(self, wanted: int) -> asyncio.Future[float]:
+    def _write(self, wanted: int) -> asyncio.Future[None]:
         """Write at least `wanted` adds: with every other write asked before the next send (one
         write send at a time: batches go in the order they are made)."""
-        answer: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._writes.append((wanted, answer))
         if self._writer_task is None:
             self._writer_task = asyncio.create_task(self._send_writes())
@@ -178,7 +177,7 @@ class RedisUsageStore(UsageStore):
         return answer
 
     async def _send_writes(self) -> None:
-        writes: list[tuple[int, asyncio.Future[float]]] = []
+        writes: list[tuple[int, asyncio.Future[None]]] = []
         try:
             while self._writes:
                 writes, self._writes = self._writes, []
@@ -186,14 +185,14 @@ class RedisUsageStore(UsageStore):
                 try:
                     async with self._flushing, asyncio.timeout(ROUND_TRIP_S):
                         for _ in range(2):  # a batch left unanswered, then what waited beside it
-                            await self._send(())
+                            await self._send(every_total=False)
                             if self._written >= wanted:
                                 break
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._unreachable(exc)
                     _answer([a for _, a in writes], exc)
                 else:
-                    _answer([a for _, a in writes], 0.0)
+                    _answer([a for _, a in writes], None)
         finally:
             self._writer_task = None
             _answer([a for _, a in writes + self._writes], RedisError("closing"))
@@ -239,7 +238,7 @@ class RedisUsageStore(UsageStore):
     async def by_model(self, tenant: str, month: str) -> dict[str, dict[str, float]]:
         await self.flush()
         row = await self._redis.hgetall(f"{self._prefix}:usage:{month}:{tenant}")
-        return usage_by_model({_text(k): float(v) for k, v in row.items()})
+        return usage_by_model({_text(k): _number(v) for k, v in row.items()})
 
     async def flush(self) -> None:
         """Write the batch left unanswered, if any, else what is pending; re-read the totals."""
@@ -249,10 +248,9 @@ class RedisUsageStore(UsageStore):
             if retry and self._pending:  # what waited beside it goes now, not in flush_s
                 await self._send()
 
-    async def _send(self, reads: Iterable[str] | None = None) -> None:
+    async def _send(self, every_total: bool = True) -> None:
         """One pipeline: the batch (the one left unanswered, else a new one of what is
-        pending), then the totals of `reads` and of the hashes it wrote (every total seen when
-        `reads` is None)."""
+        pending), then the totals of the hashes it wrote, or of every hash seen."""
         if self._batch is None and self._pending:
             self._batches += 1
             self._batch, self._pending = (self._batches, self._pending), {}
@@ -260,7 +258,7 @@ class RedisUsageStore(UsageStore):
         else:
             upto = self._batched if self._batch is not None else self._written
         number, rows = self._batch or (0, {})
-        keys = list(self._totals) if reads is None else list({*reads, *rows})
+        keys = list(self._totals) if every_total else list(rows)
         if rows and not self._loaded:
             await self._redis.script_load(APPLY_LUA)
             self._loaded = True
@@ -334,15 +332,15 @@ class RedisUsageStore(UsageStore):
             await self._sentinel.aclose()
 
 
-def _answer(answers: list[asyncio.Future[Any]], outcome: float | BaseException) -> None:
-    """Each answer not given yet: the figure, or Redis's failure (the caller's own to handle)."""
+def _answer(answers: list[asyncio.Future[Any]], failure: BaseException | None) -> None:
+    """Each answer not given yet: done, or Redis's failure (the caller's own to handle)."""
     for answer in answers:
         if answer.done():
             continue
-        if isinstance(outcome, BaseException):
-            answer.set_exception(RedisError(f"Redis unreachable ({type(outcome).__name__})"))
+        if failure is None:
+            answer.set_result(None)
         else:
-            answer.set_result(outcome)
+            answer.set_exception(RedisError(f"Redis unreachable ({type(failure).__name__})"))
 
 
 def _number(value: object) -> float:

@@ -250,7 +250,10 @@ async def test_a_total_that_is_no_number_stops_nothing(redis_url: str, direct: R
     """A hash edited by hand to hold no number: its tenant's total reads 0 (logged), and the
     flusher goes on writing everyone else's usage."""
     broken, other = f"t{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}"
-    await direct.hset(f"igw:usage:{month()}:{broken}", "total|usd", "not a number")
+    await direct.hset(
+        f"igw:usage:{month()}:{broken}",
+        mapping={"total|usd": "not a number", f"{MODEL}|prompt": "nor this"},
+    )
     store = RedisUsageStore(client(redis_url), None, "igw", flush_s=0.05)
     try:
         assert await store.spent(broken) == 0.0
@@ -264,5 +267,8 @@ async def test_a_total_that_is_no_number_stops_nothing(redis_url: str, direct: R
         await add(store, other, (1, 1, 0.25))
         assert await store.commit()
         assert await store.spent(other) == pytest.approx(0.75)
+        broken_row = (await store.by_model(broken, month()))[MODEL]  # read, not a 500
+        assert (broken_row["prompt_tokens"], broken_row["completion_tokens"]) == (0, 1)
+        assert broken_row["spend_usd"] == pytest.approx(0.25)
     finally:
         await store.close()
