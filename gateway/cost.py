@@ -66,11 +66,7 @@ def _count(value: object) -> int:
 
 
 def priced(model: Model | None) -> bool:
-    return (
-        model is not None
-        and model.input_usd_per_mtok is not None
-        and model.output_usd_per_mtok is not None
-    )
+    return cost_usd(model, _NOTHING) is not None
 
 
 def cost_usd(model: Model | None, usage: Usage) -> float | None:
@@ -87,6 +83,9 @@ def cost_usd(model: Model | None, usage: Usage) -> float | None:
         + usage.completion_tokens * model.output_usd_per_mtok
     ) / 1_000_000
     return round(usd, DIGITS)
+
+
+_NOTHING = Usage(0, 0)
 
 
 def decimal(usd: float) -> str:

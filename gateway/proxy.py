@@ -361,7 +361,7 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
         async with asyncio.timeout(DRAIN_S):
             async for _ in chunks:
                 pass
-    except (TimeoutError, aiohttp.ClientError):
+    except WIRE_ERRORS:  # a timeout too: the connection is closed, not pooled
         pass
 
 

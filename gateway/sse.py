@@ -2,12 +2,11 @@
 
 `StreamMeter.feed()` takes upstream bytes and returns what the client should get. It splits the
 bytes into SSE events only to find three things: the usage chunk (W&B sends it last when
-`stream_options.include_usage` is set), how many content chunks were relayed (to estimate the
-tokens of a stream cut short), and `[DONE]`, which it holds back for `flush()` to give: the
-request is charged before the client has the end of its answer. When the gateway itself asked
-for usage on the
-client's behalf, the usage chunk and the `"usage":null` fields are removed, so the client sees
-exactly what it would have seen without the gateway.
+`stream_options.include_usage` is set), how many content and reasoning chunks were relayed (to
+estimate the tokens of a stream cut short), and `[DONE]`, which it holds back for `flush()` to
+give: the request is charged before the client has the end of its answer. When the gateway
+itself asked for usage on the client's behalf, the usage chunk and the `"usage":null` fields are
+removed, so the client sees exactly what it would have seen without the gateway.
 
 A `"usage":null` cannot be matched inside a JSON string: there its quotes are escaped.
 """

@@ -140,8 +140,6 @@ def usage_by_model(row: dict[str, float]) -> dict[str, dict[str, float]]:
         model, _, kind = field.rpartition("|")
         if model == "total" or kind not in _KINDS:  # the sum, or a writer's mark
             continue
-        entry = out.setdefault(model, {name: 0 for name in _KINDS.values()})
+        entry = out.setdefault(model, {name: 0 for name in _KINDS.values()} | {"spend_usd": 0.0})
         entry[_KINDS[kind]] = float(value) if kind == "usd" else int(value)
-    for entry in out.values():
-        entry["spend_usd"] = float(entry["spend_usd"])
     return out
