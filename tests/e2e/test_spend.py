@@ -276,10 +276,20 @@ def test_a_bad_month_is_a_400(gw: Proc, month: str) -> None:
     assert r.json()["error"]["param"] == "month" and r.json()["error"]["type"]
 
 
-def test_a_past_month_is_empty_and_has_no_remaining_budget(gw: Proc) -> None:
-    got = usage(gw, ADS_KEY, month="2025-01")
-    assert (got["month"], got["spend_usd"], got["models"]) == ("2025-01", 0, {})
-    assert got["remaining_usd"] is None
+def test_a_past_month_is_its_own_and_has_no_remaining_budget(fake: Proc) -> None:
+    gateway = start_gateway(config(fake, tenants__ads__monthly_budget_usd=1.0))
+    try:
+        assert chat(gateway, {"model": LLAMA, "messages": LONG[:1]}, ADS_KEY).status_code == 200
+        now = usage(gateway, ADS_KEY)
+        assert now["spend_usd"] > 0 and now["remaining_usd"] == pytest.approx(
+            1.0 - now["spend_usd"]
+        )
+        assert usage(gateway, ADS_KEY, month=now["month"]) == now  # asked by name: the same
+        past = usage(gateway, ADS_KEY, month="2025-01")
+        assert (past["month"], past["spend_usd"], past["models"]) == ("2025-01", 0, {})
+        assert past["budget_usd"] == 1.0 and past["remaining_usd"] is None
+    finally:
+        gateway.stop()
 
 
 # --- the budget is checked once the request holds its slot -------------------------------------
