@@ -31,7 +31,7 @@ class Accounting:
     async def charge(self, call: Call, usage: Usage, usd: float | None) -> None:
         """Add the usage and its cost (`cost_usd`; None: no price) to the tenant's month."""
         try:
-            await self._store.add(call.tenant.name, call.label, usage, usd)
+            await self._store.add(call.tenant.name, call.label, usage, usd, call.key_id)
         except Exception as exc:  # the request is done; losing a usage row must not fail it
             self.lost += 1
             if self.lost == 1 or self.lost % 1000 == 0:

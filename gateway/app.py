@@ -49,7 +49,7 @@ from gateway.logs import AccessLog
 from gateway.middleware import RequestContextMiddleware
 from gateway.record import RequestRecord
 from gateway.responses import send_error
-from gateway.routers import chat, health, openai, usage
+from gateway.routers import chat, health, keys, openai, usage
 from gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Gatewa
     api.state.lifecycle = lifecycle or Lifecycle()
     api.include_router(openai.router)
     api.include_router(usage.router)
+    api.include_router(keys.router)
     api.include_router(health.router)
     api.add_exception_handler(GatewayError, _gateway_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)

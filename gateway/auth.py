@@ -2,16 +2,16 @@
 
 Every path needs a tenant key except the explicit `PUBLIC_PATHS`, each with its reason, and
 `/admin/...`, which needs an admin key (`server.admin_keys`) and refuses tenant keys. Keys are
-compared by their SHA-256 hash, the only form the config holds; no key is ever logged or echoed.
+compared by their SHA-256 hash, the only form the config and the key store hold (see
+gateway.keyring); no key is ever logged or echoed, only its id.
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.config import Settings, Tenant
-from gateway.errors import AuthenticationError, GatewayError, PermissionDenied
-from gateway.keys import hash_key
+from gateway.errors import AuthenticationError, GatewayError
+from gateway.keyring import Grant, Keyring
 from gateway.metrics import UNKNOWN_TENANT
 from gateway.record import RequestRecord
 from gateway.responses import send_error
@@ -36,37 +36,22 @@ def bearer_key(scope: Scope) -> str | None:
 
 
 ADMIN_PREFIX = "/admin/"
-KNOWN_KEYS_MAX = 10_000
+NO_KEY = "You didn't provide an API key. Send your gateway key as `Authorization: Bearer <key>`."
 
 
-def authenticate_admin(settings: Settings, scope: Scope) -> None:
+def authenticate_admin(ring: Keyring, scope: Scope) -> str:
+    """The admin key's id, or the refusal."""
     key = bearer_key(scope)
     if key is None:
         raise AuthenticationError("Admin routes need an admin key as `Authorization: Bearer`.")
-    digest = hash_key(key)
-    if digest in settings.server.admin_keys:
-        return
-    if digest in settings.tenant_by_key_hash:
-        raise PermissionDenied("Admin routes refuse tenant keys; use an admin key.")
-    raise AuthenticationError("Incorrect API key provided.")
+    return ring.admin(key)
 
 
-def authenticate(settings: Settings, scope: Scope) -> Tenant:
+def authenticate(ring: Keyring, scope: Scope) -> Grant:
     key = bearer_key(scope)
     if key is None:
-        raise AuthenticationError(
-            "You didn't provide an API key. Send your gateway key as `Authorization: Bearer <key>`."
-        )
-    tenant = settings.known_keys.get(key)
-    if tenant is None:
-        tenant = settings.tenant_by_key_hash.get(hash_key(key))
-        if tenant is None:
-            raise AuthenticationError(
-                "Incorrect API key provided. Ask your platform team for a key."
-            )
-        if len(settings.known_keys) < KNOWN_KEYS_MAX:
-            settings.known_keys[key] = tenant
-    return tenant
+        raise AuthenticationError(NO_KEY)
+    return ring.grant(key)
 
 
 class AuthMiddleware:
@@ -82,13 +67,14 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         runtime = scope["app"].state.runtime
-        settings = runtime.settings  # one snapshot per request, even across a reload
+        ring = runtime.keys.ring  # one snapshot per request, even across a reload
         record: RequestRecord = scope["state"]["record"]
         try:
             if scope["path"].startswith(ADMIN_PREFIX):
-                authenticate_admin(settings, scope)
+                record.key_id = authenticate_admin(ring, scope)
             else:
-                record.authenticated(authenticate(settings, scope), settings)
+                grant = authenticate(ring, scope)
+                record.authenticated(grant.tenant, ring.settings, grant.key_id)
         except GatewayError as exc:
             record.refused(exc)
             metrics = runtime.metrics

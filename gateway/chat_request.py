@@ -37,6 +37,7 @@ def chat_request(
     settings: Settings,
     *,
     request_id: str,
+    key_id: str,
     start: float,
     label: Callable[[str], str],
     parsed: ChatBody | None = None,
@@ -74,6 +75,7 @@ def chat_request(
     return Call(
         request_id=request_id,
         tenant=tenant,
+        key_id=key_id,
         account=account,
         project=project,
         model=resolved,

@@ -86,6 +86,7 @@ class ServerSettings(ct.Section):
     port: ct.PositiveInt = 8080
     max_body_bytes: ct.PositiveInt = 32 * 1024 * 1024
     admin_keys: ct.KeyHashes = frozenset()
+    keys_store: ct.Text | None = None  # memory limiter: the admin API's keys (default: beside)
     access_log: ct.Flag = True
     # On SIGTERM: how long in-flight requests and streams may take to finish before exit.
     shutdown_grace_s: ct.PositiveNumber = 30.0
@@ -244,9 +245,6 @@ class Settings(ct.Section):
     aliases: Mapping[str, str] = Field(default_factory=dict)  # alias -> upstream id
     tenant_by_key_hash: Mapping[str, Tenant] = Field(default_factory=dict, repr=False)
     files: tuple[str, ...] = ()  # the config file and every keys_file: what a reload watches
-    # Keys already checked against `tenant_by_key_hash`: a dict lookup instead of a SHA-256 a
-    # request. Only valid keys enter, so it is bounded by the config; a reload starts afresh.
-    known_keys: dict[str, Tenant] = Field(default_factory=dict, repr=False, exclude=True)
 
     def resolve_model(self, name: str) -> str:
         return self.aliases.get(name, name)

@@ -45,7 +45,7 @@ def add_to_config(path: Path, tenant: str, digest: str) -> Path:
     """
     real = Path(os.path.realpath(path))
     try:
-        with _locked(real):
+        with locked(real):
             return _add_locked(path, real, tenant, digest)
     except OSError as exc:
         raise KeyEditError(f"cannot edit {exc.filename or path}: {exc.strerror}") from None
@@ -56,15 +56,15 @@ def add_to_keys_file(file: Path, digest: str, mode: int | None = None) -> None:
     (default: what it was, 0600 for a new file)."""
     real = Path(os.path.realpath(file))
     try:
-        with _locked(real):
+        with locked(real):
             try:
                 text, old_mode = real.read_text(), stat.S_IMODE(real.stat().st_mode)
             except FileNotFoundError:
                 text, old_mode = "", 0o600
             if text and not text.endswith("\n"):  # a last line without its newline
                 text += "\n"
-            with _staged(real, text + digest + "\n") as temp:
-                _put(temp, real, old_mode if mode is None else mode)
+            with staged(real, text + digest + "\n") as temp:
+                put(temp, real, old_mode if mode is None else mode)
     except OSError as exc:
         raise KeyEditError(f"cannot edit {exc.filename or file}: {exc.strerror}") from None
 
@@ -149,17 +149,17 @@ def _add_key(entry: CommentedMap, digest: str) -> tuple[int, int]:
 
 def _replace(path: Path, text: str, tenant: str, expected: frozenset[str]) -> None:
     """Write `text` over `path` atomically, once it loads with the tenant's keys `expected`."""
-    with _staged(path, text) as temp:
+    with staged(path, text) as temp:
         try:
             if load_settings(temp).tenants[tenant].key_hashes != expected:
                 raise KeyEditError(f"{path}: could not place the key under tenants.{tenant}")
         except ConfigError as exc:
             raise KeyEditError(f"the edited file would be invalid: {exc}") from None
-        _put(temp, path, stat.S_IMODE(path.stat().st_mode))
+        put(temp, path, stat.S_IMODE(path.stat().st_mode))
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Hold the lock of `path` for the whole edit: an exclusive flock of `.NAME.lock` beside it,
     removed when done. Whoever took the lock on a file since removed locks nothing: try again."""
     lock = path.with_name(f".{path.name}.lock")
@@ -180,9 +180,9 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _staged(path: Path, text: str) -> Iterator[Path]:
+def staged(path: Path, text: str) -> Iterator[Path]:
     """A new file beside `path` holding `text`, mode 0600 from its creation, on disk; gone
-    afterwards unless `_put` renamed it over `path`."""
+    afterwards unless `put` renamed it over `path`."""
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -197,7 +197,7 @@ def _staged(path: Path, text: str) -> Iterator[Path]:
         temp.unlink(missing_ok=True)
 
 
-def _put(temp: Path, path: Path, mode: int) -> None:
+def put(temp: Path, path: Path, mode: int) -> None:
     """Rename `temp` over `path`, with `mode` (its old file's), and make the rename durable."""
     os.chmod(temp, mode)
     os.replace(temp, path)

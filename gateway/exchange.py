@@ -24,6 +24,7 @@ class Call:
 
     request_id: str
     tenant: Tenant
+    key_id: str  # the caller's key, for its spend
     account: Account
     project: str  # the W&B project sent as OpenAI-Project
     model: str  # the resolved upstream id

@@ -146,6 +146,11 @@ class Metrics:
             "Connections the HTTP server answered itself and closed, by bound (see http_guard)",
             "reason",
         )
+        self.admin_actions = counter(
+            "gateway_admin_actions",
+            "Changes made over the admin API, by action (create, revoke, rotate)",
+            "action",
+        )
 
     def _histograms(self) -> None:
         def histogram(name: str, what: str, label: str, buckets: tuple[float, ...]) -> Histogram:

@@ -24,15 +24,17 @@ class RequestRecord:
     request_id: str
     status: int = 0  # the response's status, 0 until it starts
     tenant: Tenant | None = None
+    key_id: str | None = None  # the caller's key (a tenant's or an admin's), never the key
     settings: Settings | None = None  # the snapshot auth used; a reload does not change it
     model: str = "-"  # the bounded metric label, once the body named one
     queue_ms: int | None = None
     attempts: int | None = None
     reason: str | None = None  # the bounded error cause, as in gateway_errors_total
 
-    def authenticated(self, tenant: Tenant, settings: Settings) -> None:
+    def authenticated(self, tenant: Tenant, settings: Settings, key_id: str) -> None:
         self.tenant = tenant
         self.settings = settings
+        self.key_id = key_id
 
     def refused(self, error: GatewayError) -> None:
         self.reason = error.reason
@@ -49,6 +51,7 @@ class RequestRecord:
         attempts = "-" if self.attempts is None else self.attempts
         return (
             f"{self.request_id} {method} {path} {self.status} {elapsed_ms:.1f}ms "
-            f"tenant={tenant} model={self.model} queue_ms={queue} attempts={attempts} "
+            f"tenant={tenant} key={self.key_id or '-'} model={self.model} queue_ms={queue} "
+            f"attempts={attempts} "
             f"reason={self.reason or '-'}"
         )

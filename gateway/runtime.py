@@ -11,6 +11,7 @@ from gateway.budget import Budgets
 from gateway.catalog import Catalog
 from gateway.chat_body import BodyReader
 from gateway.config import Settings
+from gateway.key_service import Keys, make_key_store
 from gateway.limits import Limiter, MemoryLimiter
 from gateway.metrics import LiveState, Metrics
 from gateway.proxy import Proxy
@@ -58,11 +59,13 @@ class Runtime:
         self.proxy = Proxy(self.client, self.limiter, self.metrics, self.budgets, self.accounting)
         self.admission = Admission(settings.server.max_buffered_body_bytes)
         self.body_reader = BodyReader()
+        self.keys = Keys(make_key_store(settings), settings)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
         runtime = cls(settings)
         await runtime.limiter.start()
+        await runtime.keys.start()
         logger.info(
             "gateway ready: %d account(s), %d tenant(s), %d priced model(s), limiter %s, "
             "upstream %s",
@@ -103,6 +106,7 @@ class Runtime:
         self.settings = new
         self.catalog.reconfigure(new)
         self.limiter.reconfigure(new.accounts, new.tenants)
+        self.keys.reconfigure(new)
         keys = sum(len(t.key_hashes) for t in new.tenants.values())
         logger.info(
             "config reloaded from %s: %d tenant(s), %d key(s), %d model(s)",
@@ -114,6 +118,7 @@ class Runtime:
 
     async def close(self) -> None:
         self.body_reader.close()
+        await self.keys.close()
         await self.usage.close()
         await self.limiter.close()
         await self.client.close()

@@ -6,6 +6,8 @@ Redis (shared by every replica, surviving restarts) when the limiter uses Redis:
     {prefix}:usage:{YYYY-MM}:{tenant}   HASH  "<model>|<kind>" (HINCRBY) for the token kinds
                                               prompt, completion, cached, reasoning, estimated;
                                               "<model>|usd" and "total|usd" (HINCRBYFLOAT);
+                                              "key|<key id>|<kind>": prompt, completion,
+                                              requests and usd, per key;
                                               "flush|<writer>": the last batch applied from
                                               one gateway process (see usage_redis)
 
@@ -39,9 +41,12 @@ class UsageStore(ABC):
     def __init__(self) -> None:
         self.last_seen: dict[str, float] = {}  # tenant -> month spend at the last read or write
 
-    async def add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> None:
-        """Count one request's usage for this month."""
-        self.last_seen[tenant] = await self._add(tenant, model, usage, usd)
+    async def add(
+        self, tenant: str, model: str, usage: Usage, usd: float | None, key_id: str = "-"
+    ) -> None:
+        """Count one request's usage for this month (and for the key that made it)."""
+        fields = usage_fields(model, usage, usd, key_id)
+        self.last_seen[tenant] = await self._add(tenant, fields)
 
     async def commit(self) -> bool:
         """Make what was added so far visible to every replica now, not at the next flush (a
@@ -64,15 +69,23 @@ class UsageStore(ABC):
         return None
 
     @abstractmethod
-    async def _add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> float:
-        """Count the usage; return the tenant's month spend after it."""
+    async def _add(self, tenant: str, fields: list[tuple[str, float]]) -> float:
+        """Add the fields' increments; return the tenant's month spend after them."""
 
     @abstractmethod
     async def _spent(self, tenant: str) -> float: ...
 
     @abstractmethod
+    async def row(self, tenant: str, month: str) -> dict[str, float]:
+        """That month's fields, as the schema above."""
+
     async def by_model(self, tenant: str, month: str) -> dict[str, dict[str, float]]:
         """That month's `{model: {<kind>_tokens..., spend_usd}}` (see `usage_by_model`)."""
+        return usage_by_model(await self.row(tenant, month))
+
+    async def by_key(self, tenant: str, month: str) -> dict[str, dict[str, float]]:
+        """That month's `{key id: {prompt_tokens, completion_tokens, requests, spend_usd}}`."""
+        return usage_by_key(await self.row(tenant, month))
 
     async def close(self) -> None:  # noqa: B027 (an optional hook)
         """Release connections."""
@@ -83,12 +96,12 @@ class MemoryUsageStore(UsageStore):
         super().__init__()
         self._data: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
 
-    async def _add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> float:
+    async def _add(self, tenant: str, fields: list[tuple[str, float]]) -> float:
         current = month()
         if (current, tenant) not in self._data:
             self._forget(current)
         row = self._data[(current, tenant)]
-        for field, value in usage_fields(model, usage, usd):
+        for field, value in fields:
             row[field] = row.get(field, 0) + value
         return row.get("total|usd", 0.0)
 
@@ -104,8 +117,8 @@ class MemoryUsageStore(UsageStore):
     def _known_spent(self, tenant: str) -> float:
         return self._data.get((month(), tenant), {}).get("total|usd", 0.0)
 
-    async def by_model(self, tenant: str, month: str) -> dict[str, dict[str, float]]:
-        return usage_by_model(self._data.get((month, tenant), {}))
+    async def row(self, tenant: str, month: str) -> dict[str, float]:
+        return dict(self._data.get((month, tenant), {}))
 
 
 _KINDS = {  # a hash field's kind -> its name in /v1/usage
@@ -118,7 +131,9 @@ _KINDS = {  # a hash field's kind -> its name in /v1/usage
 }
 
 
-def usage_fields(model: str, usage: Usage, usd: float | None) -> list[tuple[str, float]]:
+def usage_fields(
+    model: str, usage: Usage, usd: float | None, key_id: str = "-"
+) -> list[tuple[str, float]]:
     counts = (
         ("prompt", usage.prompt_tokens),
         ("completion", usage.completion_tokens),
@@ -129,8 +144,11 @@ def usage_fields(model: str, usage: Usage, usd: float | None) -> list[tuple[str,
     fields: list[tuple[str, float]] = [
         (f"{model}|{kind}", n) for kind, n in counts if n or kind in ("prompt", "completion")
     ]
+    key = f"key|{key_id}|"
+    fields += [(key + "prompt", usage.prompt_tokens), (key + "completion", usage.completion_tokens)]
+    fields.append((key + "requests", 1))
     if usd is not None:
-        fields += [(f"{model}|usd", usd), ("total|usd", usd)]
+        fields += [(f"{model}|usd", usd), ("total|usd", usd), (key + "usd", usd)]
     return fields
 
 
@@ -138,8 +156,26 @@ def usage_by_model(row: dict[str, float]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for field, value in row.items():
         model, _, kind = field.rpartition("|")
-        if model == "total" or kind not in _KINDS:  # the sum, or a writer's mark
-            continue
+        if model == "total" or kind not in _KINDS or model.startswith("key|"):
+            continue  # the sum, a writer's mark, a key's
         entry = out.setdefault(model, {name: 0 for name in _KINDS.values()} | {"spend_usd": 0.0})
         entry[_KINDS[kind]] = float(value) if kind == "usd" else int(value)
+    return out
+
+
+_KEY_KINDS = {"prompt": "prompt_tokens", "completion": "completion_tokens", "requests": "requests"}
+
+
+def usage_by_key(row: dict[str, float]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for field, value in row.items():
+        tag, _, rest = field.partition("|")
+        key_id, _, kind = rest.rpartition("|")
+        if tag != "key" or not key_id or (kind != "usd" and kind not in _KEY_KINDS):
+            continue
+        entry = out.setdefault(key_id, dict.fromkeys(_KEY_KINDS.values(), 0) | {"spend_usd": 0.0})
+        if kind == "usd":
+            entry["spend_usd"] = float(value)
+        else:
+            entry[_KEY_KINDS[kind]] = int(value)
     return out

@@ -31,8 +31,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError, RedisError
 
-from gateway.cost import Usage
-from gateway.usage import RETENTION_DAYS, UsageStore, month, usage_by_model, usage_fields
+from gateway.usage import RETENTION_DAYS, UsageStore, month
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +103,10 @@ class RedisUsageStore(UsageStore):
             total += self._batch[1].get(key, {}).get("total|usd", 0.0)
         return total
 
-    async def _add(self, tenant: str, model: str, usage: Usage, usd: float | None) -> float:
+    async def _add(self, tenant: str, fields: list[tuple[str, float]]) -> float:
         key = self._key(tenant)
         row = self._pending.setdefault(key, {})
-        for name, value in usage_fields(model, usage, usd):
+        for name, value in fields:
             row[name] = row.get(name, 0) + value
         self._adds += 1
         self._start_flusher()
@@ -235,10 +234,10 @@ class RedisUsageStore(UsageStore):
         held = key in self._pending or (self._batch is not None and key in self._batch[1])
         return self._total(key) if key in self._totals or held else None
 
-    async def by_model(self, tenant: str, month: str) -> dict[str, dict[str, float]]:
+    async def row(self, tenant: str, month: str) -> dict[str, float]:
         await self.flush()
         row = await self._redis.hgetall(f"{self._prefix}:usage:{month}:{tenant}")
-        return usage_by_model({_text(k): _number(v) for k, v in row.items()})
+        return {_text(k): _number(v) for k, v in row.items()}
 
     async def flush(self) -> None:
         """Write the batch left unanswered, if any, else what is pending; re-read the totals."""

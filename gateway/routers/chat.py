@@ -115,6 +115,7 @@ class ChatCompletions:
                     tenant,
                     settings,
                     request_id=record.request_id,
+                    key_id=record.key_id or "-",
                     start=start,
                     label=runtime.catalog.label,
                     parsed=parsed,

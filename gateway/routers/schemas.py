@@ -51,6 +51,13 @@ class Pool(BaseModel):
     queued: int
 
 
+class KeyUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    requests: int
+    spend_usd: float
+
+
 class TenantUsage(BaseModel):
     tenant: str
     month: str  # YYYY-MM, UTC
@@ -58,6 +65,7 @@ class TenantUsage(BaseModel):
     budget_usd: float | None
     remaining_usd: float | None  # this month only
     models: dict[str, ModelUsage]
+    keys: dict[str, KeyUsage]  # by key id
     concurrency: Pool
 
 
@@ -70,6 +78,57 @@ class AdminUsage(BaseModel):
     month: str
     tenants: dict[str, TenantUsage]
     accounts: dict[str, Pool]
+
+
+class NewKey(BaseModel):
+    """A key just made: the only answer that holds the key itself."""
+
+    object: Literal["gateway.key"]
+    id: str
+    key: str
+    tenant: str
+    name: str
+    created_at: str  # RFC 3339, UTC
+    expires_at: str | None
+
+
+class RotatedKey(NewKey):
+    replaces: str  # the old key's id
+    replaced_until: str  # when the old key stops being accepted
+
+
+class KeyInfo(BaseModel):
+    object: Literal["gateway.key"]
+    id: str
+    tenant: str
+    name: str | None  # config keys have none
+    source: Literal["api", "config"]
+    status: Literal["active", "expired", "revoked"]
+    created_at: str | None
+    expires_at: str | None
+    revoked_at: str | None  # may lie ahead: the end of a rotation's grace
+    replaced_by: str | None
+    last_used_at: str | None  # to within a few seconds
+
+
+class MonthKeyUsage(KeyUsage):
+    month: str
+
+
+class KeyDetail(KeyInfo):
+    usage: MonthKeyUsage  # this month's
+
+
+class KeyList(BaseModel):
+    object: Literal["list"]
+    data: list[KeyInfo]
+
+
+class RevokedKey(BaseModel):
+    object: Literal["gateway.key"]
+    id: str
+    revoked: Literal[True]
+    revoked_at: str
 
 
 class Health(BaseModel):

@@ -13,7 +13,7 @@ from gateway.limits import PoolState
 from gateway.routers.deps import RuntimeDep, TenantDep
 from gateway.routers.schemas import AdminUsage, OwnUsage, errors
 from gateway.runtime import Runtime
-from gateway.usage import month
+from gateway.usage import month, usage_by_key, usage_by_model
 
 router = APIRouter(tags=["usage"], responses=errors(400, 401))
 
@@ -42,7 +42,8 @@ def _pool(pools: dict[str, PoolState], name: str, limit: int) -> dict[str, int]:
 async def tenant_usage(
     runtime: Runtime, tenant: Tenant, pools: dict[str, PoolState], of: str
 ) -> dict[str, Any]:
-    models = await runtime.usage.by_model(tenant.name, of)
+    row = await runtime.usage.row(tenant.name, of)
+    models = usage_by_model(row)
     spent = round(sum(m["spend_usd"] for m in models.values()), 10)
     budget = tenant.monthly_budget_usd
     return {
@@ -54,6 +55,7 @@ async def tenant_usage(
             None if budget is None or of != month() else round(max(budget - spent, 0.0), 10)
         ),
         "models": models,
+        "keys": usage_by_key(row),
         "concurrency": _pool(pools, f"tenant:{tenant.name}", tenant.max_concurrency),
     }
 

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from gateway.keys import config_key_id, hash_key
 from tests.api.conftest import InProcess
 from tests.poll import until
 from tests.procs import SEARCH_KEY
@@ -52,7 +53,9 @@ async def test_one_access_line_per_request(gw: InProcess, caplog: pytest.LogCapt
 
     found = await until(lambda: len(lines()) == 3 and lines(), what="three access lines")
     assert found[0].startswith("line-1 GET /v1/usage 200 ")
-    assert "tenant=search model=- queue_ms=- attempts=- reason=-" in found[0]
+    key_id = config_key_id(hash_key(SEARCH_KEY))
+    assert f"tenant=search key={key_id} model=- queue_ms=- attempts=- reason=-" in found[0]
+    assert SEARCH_KEY not in "".join(found)
     assert found[1].startswith("line-2 GET /v1/models 401 ") and "reason=auth" in found[1]
     # The path as sent, still percent-encoded: a %0A cannot forge a second line.
     assert found[2].startswith("line-3 GET /v1/a%0Ab 404 ") and "reason=bad_request" in found[2]

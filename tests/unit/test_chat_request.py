@@ -37,6 +37,7 @@ def call(
         settings.tenants[tenant],
         settings,
         request_id="req_1",
+        key_id="key_test",
         start=100.0,
         label=lambda model: model if model in (LLAMA, PHI) else "other",
     )

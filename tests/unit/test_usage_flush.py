@@ -50,6 +50,10 @@ def expected(*usages: tuple[int, int, float]) -> dict[str, object]:
         f"{MODEL}|completion": completion,
         f"{MODEL}|usd": pytest.approx(usd),
         "total|usd": pytest.approx(usd),
+        "key|-|prompt": prompt,  # the key that made them ("-": none named)
+        "key|-|completion": completion,
+        "key|-|requests": len(usages),
+        "key|-|usd": pytest.approx(usd),
     }
 
 
