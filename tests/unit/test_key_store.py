@@ -1,0 +1,142 @@
+"""The key stores and the keyring: writers racing on one store all land, a broken or absent
+store leaves the last view in force, and a known key costs a dict hit, not a SHA-256."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gateway import keyring as keyring_module
+from gateway.config import LimiterSettings, parse_settings
+from gateway.errors import AuthenticationError, Unavailable
+from gateway.key_service import KEEP_ENDED_S, Keys
+from gateway.key_store import FileKeyStore, KeyStore, KeyStoreError, MemoryKeyStore
+from gateway.key_store_redis import RedisKeyStore
+from gateway.keyring import KNOWN_KEYS_MAX, Keyring
+from gateway.keys import hash_key
+from gateway.redis_client import connect
+from tests.procs import SEARCH_KEY, base_config, free_port
+
+SETTINGS = parse_settings(base_config("http://127.0.0.1:9"))
+
+
+def redis_store(url: str, prefix: str) -> RedisKeyStore:
+    return RedisKeyStore(*connect(LimiterSettings(redis_url=url)), prefix)
+
+
+async def test_writers_racing_on_one_file_all_land(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    services = [Keys(FileKeyStore(path), SETTINGS) for _ in range(3)]  # three processes' worth
+    made = await asyncio.gather(
+        *(s.create("search", f"k{i}", None) for i, s in enumerate(services * 7))
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    fresh = Keys(FileKeyStore(path), SETTINGS)
+    await fresh.refresh()
+    assert set(fresh.ring.records) == {record.id for record, _ in made}
+    for record, secret in made:
+        assert fresh.ring.grant(secret).key_id == record.id
+        assert secret not in path.read_text()
+    assert temporary_files(tmp_path) == []  # none left behind
+
+
+def temporary_files(folder: Path) -> list[Path]:
+    return list(folder.glob(".*tmp"))
+
+
+async def test_writers_racing_on_one_redis_all_land(redis_url: str) -> None:
+    prefix = f"ks-{uuid.uuid4().hex[:8]}"
+    services = [Keys(redis_store(redis_url, prefix), SETTINGS) for _ in range(3)]
+    try:
+        made = await asyncio.gather(
+            *(s.create("search", f"k{i}", None) for i, s in enumerate(services * 5))
+        )
+        await services[0].refresh()
+        assert set(services[0].ring.records) == {record.id for record, _ in made}
+    finally:
+        for s in services:
+            await s.close()
+
+
+async def test_a_broken_file_leaves_the_last_view_in_force(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    keys = Keys(FileKeyStore(path), SETTINGS)
+    record, secret = await keys.create("search", "app", None)
+    path.write_text("{not json")
+    with pytest.raises(KeyStoreError, match="not a keys store"):
+        await keys.refresh()
+    assert keys.ring.grant(secret).key_id == record.id
+    with pytest.raises(KeyStoreError):
+        await keys.create("search", "another", None)  # nothing written over a broken file
+    assert path.read_text() == "{not json"
+
+
+async def test_a_store_never_read_refuses_unknown_keys_with_a_503(tmp_path: Path) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    keys = Keys(redis_store(closed, "x"), SETTINGS)
+    await keys.start()
+    try:
+        with pytest.raises(Unavailable) as refused:
+            keys.ring.grant("sk-gw-some-api-key")
+        assert refused.value.headers["retry-after"] == "1"
+        assert keys.ring.grant(SEARCH_KEY).tenant.name == "search"  # config keys need no store
+    finally:
+        await keys.close()
+    loaded = Keys(MemoryKeyStore(), SETTINGS)
+    await loaded.refresh()
+    with pytest.raises(AuthenticationError):
+        loaded.ring.grant("sk-gw-some-api-key")
+
+
+async def test_a_known_key_costs_no_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = Keys(MemoryKeyStore(), SETTINGS)
+    _, secret = await keys.create("search", "app", None)
+    hashed: list[str] = []
+
+    def counting(key: str) -> str:
+        hashed.append(key)
+        return hash_key(key)
+
+    monkeypatch.setattr(keyring_module, "hash_key", counting)
+    for _ in range(100):
+        keys.ring.grant(secret)
+        keys.ring.grant(SEARCH_KEY)
+    assert hashed == [secret, SEARCH_KEY]
+
+
+def test_the_known_keys_cache_is_bounded() -> None:
+    ring = Keyring(SETTINGS, {}, loaded=True, used={})
+    grant = ring.grant(SEARCH_KEY)  # the first entry
+    ring.known.update({f"k{i}": grant for i in range(KNOWN_KEYS_MAX - 1)})
+    for i in range(50):
+        with pytest.raises(AuthenticationError):
+            ring.grant(f"sk-gw-wrong-{i}")  # unknown keys never enter
+    assert len(ring.known) == KNOWN_KEYS_MAX
+
+
+async def test_ended_keys_are_forgotten_after_a_month(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = Keys(MemoryKeyStore(), SETTINGS)
+    old, _ = await keys.create("search", "old", None)
+    await keys.revoke(old.id)
+    later = time.time() + KEEP_ENDED_S + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    await keys.create("search", "new", None)
+    assert old.id not in keys.ring.records and len(keys.ring.records) == 1
+
+
+async def test_last_use_times_merge_the_latest(tmp_path: Path, redis_url: str) -> None:
+    stores: list[KeyStore] = [
+        MemoryKeyStore(),
+        FileKeyStore(tmp_path / "k.json"),
+        redis_store(redis_url, f"u-{uuid.uuid4().hex[:6]}"),
+    ]
+    for store in stores:
+        await store.touch({"cfg_a": 10.0, "cfg_b": 5.0})  # config keys' ids: no record needed
+        await store.touch({"cfg_a": 7.0, "cfg_b": 9.0})
+        assert await store.last_used() == {"cfg_a": 10.0, "cfg_b": 9.0}
+        await store.close()
