@@ -26,7 +26,17 @@ from gateway.key_store import KeyStoreError
 from gateway.keys import KEY_ID_RE, ApiKey, rfc3339
 from gateway.routers import admin_input as read
 from gateway.routers.deps import RuntimeDep
-from gateway.routers.schemas import KeyDetail, KeyList, NewKey, RevokedKey, RotatedKey, errors
+from gateway.routers.schemas import (
+    CreateKeyBody,
+    KeyDetail,
+    KeyList,
+    NewKey,
+    RevokedKey,
+    RotatedKey,
+    RotateKeyBody,
+    errors,
+    json_body,
+)
 from gateway.runtime import Runtime
 from gateway.usage import month
 
@@ -38,7 +48,13 @@ CREATE_FIELDS = {"tenant", "name", "expires_at", "expires_in_s"}
 ROTATE_FIELDS = {"grace_s", "expires_at", "expires_in_s"}
 
 
-@router.post("/admin/keys", status_code=201, response_model=NewKey, responses=errors(413))
+@router.post(
+    "/admin/keys",
+    status_code=201,
+    response_model=NewKey,
+    responses=errors(413),
+    openapi_extra=json_body(CreateKeyBody),
+)
 async def create_key(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """A new key for a tenant; the key is in this answer only."""
     body = await read.read_object(request, CREATE_FIELDS)
@@ -107,6 +123,7 @@ async def revoke_key(key_id: str, request: Request, runtime: RuntimeDep) -> dict
     status_code=201,
     response_model=RotatedKey,
     responses=errors(404, 413),
+    openapi_extra=json_body(RotateKeyBody, required=False),
 )
 async def rotate_key(key_id: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """A new key for the same tenant and name; the old one works `grace_s` more (default 0).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorDetail(BaseModel):
@@ -78,6 +78,32 @@ class AdminUsage(BaseModel):
     month: str
     tenants: dict[str, TenantUsage]
     accounts: dict[str, Pool]
+
+
+class CreateKeyBody(BaseModel):
+    """What `POST /admin/keys` reads (for the document: the route reads the body strictly
+    itself, see routers/admin_input.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str
+    name: str = Field(min_length=1, max_length=64)
+    expires_at: str | float | None = Field(None, description="RFC 3339, or unix seconds")
+    expires_in_s: float | None = Field(None, gt=0)
+
+
+class RotateKeyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_s: float = Field(0, ge=0, le=30 * 24 * 3600)
+    expires_at: str | float | None = None
+    expires_in_s: float | None = Field(None, gt=0)
+
+
+def json_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its JSON body itself."""
+    schema = {"application/json": {"schema": model.model_json_schema()}}
+    return {"requestBody": {"required": required, "content": schema}}
 
 
 class NewKey(BaseModel):
