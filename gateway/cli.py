@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gateway import logs
+from gateway import keys_cli, logs
 from gateway.config import ConfigError, Settings, config_path, load_settings
 from gateway.config_edit import KeyEditError, add_to_config, add_to_keys_file
 from gateway.keys import hash_key, new_key
@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_new.add_argument("--tenant", help="also add the hash to this tenant in the config")
     keys_new.add_argument("--config", help="with --tenant: the YAML file to edit")
     keys_new.set_defaults(func=cmd_keys_new)
+    keys_cli.add_parsers(keys_sub)  # create, list, show, revoke, rotate: the admin API
 
     fake = sub.add_parser("fake-upstream", help="run the bundled W&B simulator")
     fake.add_argument("--host", default="127.0.0.1")
