@@ -28,7 +28,7 @@ from gateway.config import Settings
 from gateway.errors import BadRequest, NotFound
 from gateway.key_store import FileKeyStore, KeyStore, KeyStoreError, MemoryKeyStore, merge_used
 from gateway.keyring import Keyring
-from gateway.keys import ApiKey, hash_key, new_key, new_key_id
+from gateway.keys import KEY_ID_RE, ApiKey, hash_key, new_key, new_key_id
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,6 +177,13 @@ class Keys:
                     param="id",
                     code=f"key_{why}",
                 )
+            if old.replaced_by is not None:  # in its grace: a second live key would be lost
+                raise BadRequest(
+                    f"The key {key_id} was already rotated: its replacement is "
+                    f"{old.replaced_by}. Rotate or revoke that one instead.",
+                    param="id",
+                    code="key_rotated",
+                )
             _room(records)
             ends = expires_at
             if inherit:
@@ -200,8 +207,13 @@ class Keys:
 def _find(records: dict[str, ApiKey], key_id: str) -> ApiKey:
     record = records.get(key_id)
     if record is None:
-        raise NotFound(f"No key {key_id!r} made by the admin API.", param="id")
+        raise not_found(key_id)
     return record
+
+
+def not_found(key_id: str) -> NotFound:
+    shown = key_id if KEY_ID_RE.fullmatch(key_id) else "with that id"
+    return NotFound(f"No key {shown}.", param="id", code="key_not_found")
 
 
 def _room(records: dict[str, ApiKey]) -> None:

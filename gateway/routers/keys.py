@@ -21,7 +21,8 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
 
-from gateway.errors import BadRequest, NotFound, Unavailable, retry_headers
+from gateway.errors import BadRequest, Unavailable, retry_headers
+from gateway.key_service import not_found
 from gateway.key_store import KeyStoreError
 from gateway.keys import KEY_ID_RE, ApiKey, rfc3339
 from gateway.routers import admin_input as read
@@ -102,7 +103,7 @@ async def get_key(key_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     elif (config_tenant := ring.config_keys().get(key_id)) is not None:
         info, tenant = _config_info(key_id, config_tenant, used), config_tenant
     else:
-        raise _not_found(key_id)
+        raise not_found(key_id)
     of = month()
     spent = (await runtime.usage.by_key(tenant, of)).get(key_id, {})
     empty = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "spend_usd": 0.0}
@@ -171,7 +172,7 @@ def _api_key_id(runtime: Runtime, key_id: str) -> None:
     """Refuse a config key, which only the config can change; an unknown id is the store's
     404 (it may be younger than this replica's view)."""
     if not KEY_ID_RE.fullmatch(key_id):
-        raise _not_found(key_id)
+        raise not_found(key_id)
     if key_id.startswith(("cfg_", "adm_")):
         where = "server.admin_keys" if key_id.startswith("adm_") else "its tenant's `keys`"
         raise BadRequest(
@@ -180,11 +181,6 @@ def _api_key_id(runtime: Runtime, key_id: str) -> None:
             param="id",
             code="config_key",
         )
-
-
-def _not_found(key_id: str) -> NotFound:
-    shown = key_id if KEY_ID_RE.fullmatch(key_id) else "with that id"
-    return NotFound(f"No key {shown}.", param="id", code="key_not_found")
 
 
 def _unknown_tenant(runtime: Runtime, tenant: str) -> BadRequest:

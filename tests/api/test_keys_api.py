@@ -133,6 +133,17 @@ async def test_rotation_keeps_the_old_key_for_its_grace_then_refuses_it(gw: InPr
     assert error(rotated, 400)["code"] == "key_revoked"
 
 
+async def test_a_key_in_its_grace_cannot_be_rotated_twice(gw: InProcess) -> None:
+    old = await create(gw)
+    rotate = f"/admin/keys/{old['id']}/rotate"
+    first = await gw.client.post(rotate, json={"grace_s": 3600}, headers=ADMIN)
+    assert first.status_code == 201
+    found = error(await gw.client.post(rotate, json={"grace_s": 3600}, headers=ADMIN), 400)
+    assert found["code"] == "key_rotated" and first.json()["id"] in found["message"]
+    listed = (await gw.client.get("/admin/keys?tenant=search", headers=ADMIN)).json()["data"]
+    assert [k["status"] for k in listed if k["source"] == "api"] == ["active", "active"]
+
+
 async def test_a_rotation_without_grace_ends_the_old_key_at_once(gw: InProcess) -> None:
     old = await create(gw)
     r = await gw.client.post(f"/admin/keys/{old['id']}/rotate", headers=ADMIN)
@@ -250,6 +261,7 @@ async def test_bad_rotations_and_ids(gw: InProcess) -> None:
         for method, path in (("GET", key_id), ("DELETE", key_id), ("POST", f"{key_id}/rotate")):
             r = await gw.client.request(method, f"/admin/keys/{path}", headers=ADMIN)
             found = error(r, 404)
+            assert found["code"] == "key_not_found" and found["param"] == "id"
             assert "a" * 100 not in found["message"]
     found = error(await gw.client.get("/admin/keys?tenant=nobody", headers=ADMIN), 400)
     assert found["param"] == "tenant"
