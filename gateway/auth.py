@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import AuthenticationError, GatewayError
+from gateway.errors import AuthenticationError, GatewayError, KeyRefused
 from gateway.keyring import Grant, Keyring
 from gateway.metrics import UNKNOWN_TENANT
 from gateway.record import RequestRecord
@@ -76,6 +76,8 @@ class AuthMiddleware:
                 grant = authenticate(ring, scope)
                 record.authenticated(grant.tenant, ring.settings, grant.key_id)
         except GatewayError as exc:
+            if isinstance(exc, KeyRefused):
+                record.key_id = exc.key_id  # who is still calling with an ended key
             record.refused(exc)
             metrics = runtime.metrics
             metrics.child(metrics.requests, UNKNOWN_TENANT, "-", str(exc.status)).inc()

@@ -17,6 +17,7 @@ adds the message, the `param` at fault and the headers SDKs act on (`Retry-After
     │   └── ModelNotFound         404 model_not_found
     ├── MethodNotAllowed          405 invalid_request_error bad_request
     ├── AuthenticationError       401 invalid_api_key     auth       no key, unknown key
+    │   └── KeyRefused            401 key_expired, key_revoked, tenant_unknown  a known key
     ├── PermissionDenied          403 permission_error    auth       admin route, project, price
     ├── RateLimited               429 rate_limit_exceeded (a base: retry after the headers' wait)
     │   ├── QueueTimeout          429 rate_limit_exceeded queue_timeout  no slot in time
@@ -179,6 +180,14 @@ class AuthenticationError(GatewayError):
     type = "authentication_error"
     code = "invalid_api_key"
     reason = "auth"
+
+
+class KeyRefused(AuthenticationError):
+    """A key the gateway knows, no longer accepted; its id goes to the access log."""
+
+    def __init__(self, message: str, *, key_id: str = "-", code: str = "key_revoked") -> None:
+        super().__init__(message, code=code)
+        self.key_id = key_id
 
 
 class PermissionDenied(GatewayError):

@@ -66,6 +66,7 @@ class Keys:
         self.ring = Keyring(settings, {}, loaded=False, used=self.used)
         self._watch_task: asyncio.Task[None] | None = None
         self._failing = False
+        self._refreshing = asyncio.Lock()  # one read of the store at a time, views in order
 
     async def start(self) -> None:
         try:
@@ -81,23 +82,33 @@ class Keys:
 
     async def refresh(self) -> None:
         """Load the records if the store has changed."""
-        records = await self.store.records()
-        ring = self.ring
-        if records is not None or not ring.loaded:
-            held = ring.records if records is None else records
-            self.ring = Keyring(ring.settings, held, loaded=True, used=self.used)
+        async with self._refreshing:
+            records = await self.store.records()
+            ring = self.ring
+            if records is not None or not ring.loaded:
+                held = ring.records if records is None else records
+                if ring.records and not held:
+                    logger.warning(
+                        "key store: all %d API key record(s) are gone from the store (emptied, "
+                        "or lost by Redis?): every API key is refused now",
+                        len(ring.records),
+                    )
+                self.ring = Keyring(ring.settings, held, loaded=True, used=self.used)
 
     async def _watch(self) -> None:
         flush_at = time.monotonic() + USED_FLUSH_S
         while True:
-            await self.store.wait(self.store.poll_s)
             try:
+                await self.store.wait(self.store.poll_s)
                 await self.refresh()
                 if self.used and time.monotonic() >= flush_at:
                     flush_at = time.monotonic() + USED_FLUSH_S
                     await self.flush_used()
             except KeyStoreError as exc:
                 self._failed(exc)
+            except Exception:  # a bug must not end the watch: this replica would go stale
+                logger.exception("key store watch: unexpected error; watching on")
+                await asyncio.sleep(self.store.poll_s)
             else:
                 if self._failing:
                     self._failing = False
@@ -113,8 +124,8 @@ class Keys:
         self.used.clear()
         try:
             await self.store.touch(batch)
-        except KeyStoreError:
-            merge_used(self.used, batch)  # next time
+        except BaseException:  # a failure, or the watch cancelled at exit: kept for next time
+            merge_used(self.used, batch)
             raise
 
     async def last_used(self) -> dict[str, float]:
@@ -151,6 +162,7 @@ class Keys:
         now = time.time()
 
         def change(records: dict[str, ApiKey]) -> ApiKey:
+            _purge(records, now)
             record = _find(records, key_id)
             if record.revoked_at is None or record.revoked_at > now:
                 record = records[key_id] = replace(record, revoked_at=now)
@@ -176,6 +188,13 @@ class Keys:
                     "Create a new key instead.",
                     param="id",
                     code=f"key_{why}",
+                )
+            if old.tenant not in self.ring.settings.tenants:
+                raise BadRequest(
+                    f"The key {key_id} belongs to tenant {old.tenant!r}, which is no longer in "
+                    "the config: it cannot be rotated.",
+                    param="id",
+                    code="tenant_unknown",
                 )
             if old.replaced_by is not None:  # in its grace: a second live key would be lost
                 raise BadRequest(

@@ -2,9 +2,10 @@
 was last used. Config-file keys are not here: the config holds them.
 
 - `MemoryKeyStore`: this process only, gone with it (settings built in memory, tests).
-- `FileKeyStore`: one JSON file (`server.keys_store`, beside the config by default), mode 0600,
-  replaced atomically under a lock, so the worker processes of one node share it and it
-  outlives restarts. Workers see each other's changes by polling its metadata.
+- `FileKeyStore`: a JSON file (`server.keys_store`, beside the config by default) and its
+  `.last-used` sidecar, mode 0600, each replaced atomically under a lock, so the worker
+  processes of one node share them and they outlive restarts. Workers see each other's changes
+  by polling the records file's metadata.
 - `RedisKeyStore` (gateway.key_store_redis): with `limiter.backend: redis`, shared by every
   replica, each change published to them.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,7 @@ from gateway.keys import ApiKey
 T = TypeVar("T")
 Records = dict[str, ApiKey]
 FORMAT = 1
+USED_KEPT_S = 400 * 24 * 3600  # a last-use time older than this is dropped from the file
 
 
 class KeyStoreError(Exception):
@@ -96,80 +99,100 @@ def merge_used(into: dict[str, float], used: dict[str, float]) -> None:
 
 
 class FileKeyStore(KeyStore):
-    """`{"format": 1, "keys": {id: record}, "last_used": {id: unix time}}`. Reads and writes run
-    in a thread: the event loop never waits on the disk or on another writer's lock."""
+    """Two files, each replaced atomically under its own lock: `path` holds the records,
+    `{"format": 1, "keys": {id: record}}`; `path` + `.last-used` holds `{id: unix time}`, so the
+    last-use writes (every few seconds) never make the other processes reload the records.
+    Reads and writes run in a thread: the event loop never waits on the disk or a lock."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._seen: tuple[int, int, int] | None = None  # the file's (inode, size, mtime) read
-        self._used: dict[str, float] = {}
+        self.used_path = path.with_name(path.name + ".last-used")
+        self._seen: tuple[int, int, int] | None = None  # the records file's (inode, size, mtime)
 
     async def records(self) -> Records | None:
         return await asyncio.to_thread(self._records)
 
     def _records(self) -> Records | None:
         signature = self._signature()
-        if signature is not None and signature == self._seen:
+        if signature == self._seen:
             return None
-        data = self._read()
+        records = self._decoded(self.path, _records)
         self._seen = signature
-        self._used = data["last_used"]
-        keys: Records = data["keys"]
-        return keys
+        return records
 
-    def _signature(self) -> tuple[int, int, int] | None:
+    def _signature(self) -> tuple[int, int, int]:
+        """(0, 0, 0) while there is no file: the same every time, so nothing reloads."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return None
+            return 0, 0, 0
         except OSError as exc:
             raise KeyStoreError(f"cannot read {self.path}: {exc.strerror}") from None
         return st.st_ino, st.st_size, st.st_mtime_ns
 
-    def _read(self) -> dict[str, Any]:
+    def _load(self, path: Path) -> dict[str, Any]:
+        """The file's map (`keys` of the records file; the whole last-use file); {} if none."""
         try:
-            raw = orjson.loads(self.path.read_bytes())
-            keys = {k: ApiKey.from_json(v) for k, v in raw["keys"].items()}
-            used = {str(k): float(v) for k, v in raw.get("last_used", {}).items()}
+            raw = orjson.loads(path.read_bytes())
         except FileNotFoundError:
-            return {"keys": {}, "last_used": {}}
+            return {}
         except OSError as exc:
-            raise KeyStoreError(f"cannot read {self.path}: {exc.strerror}") from None
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise KeyStoreError(f"{self.path} is not a keys store ({exc})") from None
-        return {"keys": keys, "last_used": used}
+            raise KeyStoreError(f"cannot read {path}: {exc.strerror}") from None
+        except orjson.JSONDecodeError as exc:
+            raise KeyStoreError(f"{path} is not a keys store ({exc})") from None
+        found = raw.get("keys") if path == self.path and isinstance(raw, dict) else raw
+        if not isinstance(found, dict):
+            raise KeyStoreError(f"{path} is not a keys store (not a JSON object of keys)")
+        return found
+
+    def _decoded(self, path: Path, decode: Callable[[dict[str, Any]], T]) -> T:
+        try:
+            return decode(self._load(path))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise KeyStoreError(f"{path} is not a keys store ({exc})") from None
 
     async def update(self, change: Callable[[Records], T]) -> T:
-        return await asyncio.to_thread(self._edit, lambda data: change(data["keys"]))
+        def edit() -> T:
+            records = self._decoded(self.path, _records)
+            answer = change(records)
+            self._write(
+                self.path, {"format": FORMAT, "keys": {k: r.to_json() for k, r in records.items()}}
+            )
+            return answer
+
+        return await asyncio.to_thread(self._locked, self.path, edit)
 
     async def touch(self, used: dict[str, float]) -> None:
-        await asyncio.to_thread(self._edit, lambda data: merge_used(data["last_used"], used))
+        def edit() -> None:
+            held = self._decoded(self.used_path, _times)
+            merge_used(held, used)
+            forgotten = time.time() - USED_KEPT_S  # a key not used for so long is long gone
+            held = {k: at for k, at in held.items() if at > forgotten}
+            self._write(self.used_path, held)
+
+        await asyncio.to_thread(self._locked, self.used_path, edit)
 
     async def last_used(self) -> dict[str, float]:
-        await self.records()
-        return dict(self._used)
+        return await asyncio.to_thread(self._decoded, self.used_path, _times)
 
-    def _edit(self, change: Callable[[dict[str, Any]], T]) -> T:
+    def _locked(self, path: Path, edit: Callable[[], T]) -> T:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with locked(self.path):
-                data = self._read()
-                answer = change(data)
-                data["last_used"] = {  # a removed record's time goes with it
-                    k: v
-                    for k, v in data["last_used"].items()
-                    if k in data["keys"] or k.startswith("cfg_")
-                }
-                text = orjson.dumps(
-                    {
-                        "format": FORMAT,
-                        "keys": {k: r.to_json() for k, r in data["keys"].items()},
-                        "last_used": data["last_used"],
-                    },
-                    option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
-                )
-                with staged(self.path, text.decode()) as temp:
-                    put(temp, self.path, 0o600)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with locked(path):
+                return edit()
         except OSError as exc:
-            raise KeyStoreError(f"cannot write {self.path}: {exc.strerror}") from None
-        return answer
+            raise KeyStoreError(f"cannot write {path}: {exc.strerror}") from None
+
+    @staticmethod
+    def _write(path: Path, document: dict[str, Any]) -> None:
+        text = orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        with staged(path, text.decode()) as temp:
+            put(temp, path, 0o600)
+
+
+def _records(raw: dict[str, Any]) -> Records:
+    return {str(k): ApiKey.from_json(v) for k, v in raw.items()}
+
+
+def _times(raw: dict[str, Any]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in raw.items()}

@@ -16,7 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.config import Settings, Tenant
-from gateway.errors import AuthenticationError, PermissionDenied, Unavailable, retry_headers
+from gateway.errors import (
+    AuthenticationError,
+    KeyRefused,
+    PermissionDenied,
+    Unavailable,
+    retry_headers,
+)
 from gateway.keys import ApiKey, config_key_id, hash_key, rfc3339
 
 KNOWN_KEYS_MAX = 10_000
@@ -78,9 +84,10 @@ class Keyring:
                 )
             tenant = self.settings.tenants.get(record.tenant)
             if tenant is None:
-                raise AuthenticationError(
+                raise KeyRefused(
                     f"The API key {record.id} belongs to tenant {record.tenant!r}, which this "
                     "gateway no longer serves.",
+                    key_id=record.id,
                     code="tenant_unknown",
                 )
             grant = Grant(tenant, record.id, record.ends_at, record)
@@ -97,19 +104,12 @@ class Keyring:
             raise PermissionDenied("Admin routes refuse tenant keys; use an admin key.")
         raise AuthenticationError("Incorrect API key provided.")
 
-    def owner(self, digest: str) -> str | None:
-        """The key id holding this hash, if any (config or API)."""
-        if (grant := self._config.get(digest)) is not None:
-            return grant.key_id
-        record = self._api.get(digest)
-        return None if record is None else record.id
-
     def config_keys(self) -> dict[str, str]:
         """The config's keys: key id -> tenant name."""
         return {grant.key_id: grant.tenant.name for grant in self._config.values()}
 
 
-def _ended(grant: Grant, now: float) -> AuthenticationError:
+def _ended(grant: Grant, now: float) -> KeyRefused:
     record = grant.record
     assert record is not None  # only API keys end
     why = record.ended_by(now) or "revoked"
@@ -122,6 +122,6 @@ def _ended(grant: Grant, now: float) -> AuthenticationError:
         )
     else:
         message = f"The API key {record.id} was revoked at {rfc3339(record.revoked_at)}."
-    return AuthenticationError(
-        message + " Ask your platform team for a new key.", code=f"key_{why}"
+    return KeyRefused(
+        message + " Ask your platform team for a new key.", key_id=record.id, code=f"key_{why}"
     )

@@ -26,6 +26,7 @@ from typing import TextIO
 LEVEL_ENV = "GATEWAY_LOG_LEVEL"
 FORMAT = "%(asctime)s %(levelname)s [{pid}] %(name)s: %(message)s"
 ACCESS_LOGGER = "gateway.access"
+AUDIT_LOGGER = "gateway.audit"  # admin changes: written at any --log-level
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -51,6 +52,7 @@ def setup(level: str | None = None) -> None:
         handler.setFormatter(logging.Formatter(FORMAT.format(pid=os.getpid())))
         root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger(AUDIT_LOGGER).setLevel(logging.INFO)
 
 
 class AccessLog:

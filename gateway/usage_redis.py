@@ -31,6 +31,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError, RedisError
 
+from gateway.errors import Unavailable, retry_headers
 from gateway.usage import RETENTION_DAYS, UsageStore, month
 
 logger = logging.getLogger(__name__)
@@ -235,8 +236,14 @@ class RedisUsageStore(UsageStore):
         return self._total(key) if key in self._totals or held else None
 
     async def row(self, tenant: str, month: str) -> dict[str, float]:
-        await self.flush()
-        row = await self._redis.hgetall(f"{self._prefix}:usage:{month}:{tenant}")
+        try:
+            await self.flush()
+            row = await self._redis.hgetall(f"{self._prefix}:usage:{month}:{tenant}")
+        except (RedisError, OSError) as exc:
+            raise Unavailable(
+                f"The usage store cannot be reached now ({type(exc).__name__}); retry shortly.",
+                headers=retry_headers(1),
+            ) from None
         return {_text(k): _number(v) for k, v in row.items()}
 
     async def flush(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import re
 import unicodedata
 from typing import Any
 
@@ -19,6 +20,10 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_LIFETIME_S = 10 * 365 * 24 * 3600  # how far ahead a key may expire
 MAX_GRACE_S = 30 * 24 * 3600
 MAX_NAME_CHARS = 64
+# RFC 3339's date-time (section 5.6); its offset is checked apart, for a clearer message.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
 
 
 async def read_object(request: Request, allowed: set[str], required: bool = True) -> dict[str, Any]:
@@ -35,6 +40,8 @@ async def read_object(request: Request, allowed: set[str], required: bool = True
         found = json.loads(body, object_pairs_hook=_no_duplicates)
     except (orjson.JSONDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise BadRequest(f"The body is not valid JSON ({exc}): send one JSON object.") from None
+    except RecursionError:
+        raise BadRequest("The body is nested too deeply: send one flat JSON object.") from None
     if not isinstance(found, dict):
         raise BadRequest("The body must be one JSON object.")
     for name in found:
@@ -97,11 +104,13 @@ def expiry(body: dict[str, Any], now: float) -> float | None:
 
 
 def _rfc3339(value: str) -> float:
-    try:
-        parsed = datetime.datetime.fromisoformat(value[:64])
-    except ValueError:
-        parsed = None
-    if parsed is None or len(value) > 64 or "T" not in value.upper():
+    parsed = None
+    if _RFC3339.fullmatch(value):
+        try:
+            parsed = datetime.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+    if parsed is None:
         raise BadRequest(
             f"`expires_at` {value[:64]!r} is not an RFC 3339 time, e.g. 2027-01-31T00:00:00Z.",
             param="expires_at",

@@ -25,6 +25,7 @@ from gateway.errors import BadRequest, Unavailable, retry_headers
 from gateway.key_service import not_found
 from gateway.key_store import KeyStoreError
 from gateway.keys import KEY_ID_RE, ApiKey, rfc3339
+from gateway.logs import AUDIT_LOGGER
 from gateway.routers import admin_input as read
 from gateway.routers.deps import RuntimeDep
 from gateway.routers.schemas import (
@@ -41,7 +42,7 @@ from gateway.routers.schemas import (
 from gateway.runtime import Runtime
 from gateway.usage import month
 
-audit = logging.getLogger("gateway.audit")
+audit = logging.getLogger(AUDIT_LOGGER)
 T = TypeVar("T")
 router = APIRouter(tags=["keys"], responses=errors(400, 401, 403, 503))
 
@@ -163,7 +164,8 @@ async def _last_used(runtime: Runtime) -> dict[str, float]:
 
 def _unavailable(exc: KeyStoreError) -> Unavailable:
     return Unavailable(
-        f"The key store cannot be reached ({exc}); nothing was changed. Retry shortly.",
+        f"The key store cannot be reached ({exc}): the change may not have been made; "
+        "list the keys to see, then retry.",
         headers=retry_headers(1),
     )
 
