@@ -49,7 +49,7 @@ from gateway.logs import AccessLog
 from gateway.middleware import RequestContextMiddleware
 from gateway.record import RequestRecord
 from gateway.responses import send_error
-from gateway.routers import chat, health, keys, openai, usage
+from gateway.routers import chat, health, keys, openai, responses, usage
 from gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Gatewa
     api.include_router(openai.router)
     api.include_router(usage.router)
     api.include_router(keys.router)
+    api.include_router(responses.router)
     api.include_router(health.router)
     api.add_exception_handler(GatewayError, _gateway_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)
@@ -106,9 +107,7 @@ class Gateway:
         # Outermost first. Request context wraps everything, so that even a 401 carries
         # x-request-id and gets its access-log line; the guard turns any bug below it into the
         # 500 envelope; auth runs before any route.
-        self._app = RequestContextMiddleware(
-            _Guard(AuthMiddleware(_Dispatch(api, chat.ChatCompletions()))), access=access
-        )
+        self._app = RequestContextMiddleware(_Guard(AuthMiddleware(_Dispatch(api))), access=access)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan (and websockets, which have no route)
@@ -119,19 +118,24 @@ class Gateway:
 
 
 class _Dispatch:
-    """The chat path to its handler (any other method on it: 405), the rest to FastAPI; a
-    compressed request body to no one (415)."""
+    """The chat and responses paths to their handlers (any other method on them: 405), the
+    rest to FastAPI; a compressed request body to no one (415)."""
 
-    def __init__(self, api: FastAPI, chat_completions: ASGIApp) -> None:
+    def __init__(self, api: FastAPI) -> None:
         self._api = api
-        self._chat = chat_completions
+        self._handlers: dict[str, ASGIApp] = {
+            chat.PATH: chat.ChatCompletions(),
+            responses.PATH: responses.ResponsesCreate(),
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = _encoded(scope)
-        if error is None and scope["path"] != chat.PATH:
+        handler = self._handlers.get(scope["path"])
+        if error is None and handler is None:
             await self._api(scope, receive, send)
         elif error is None and scope["method"] == "POST":
-            await self._chat(scope, receive, send)
+            assert handler is not None
+            await handler(scope, receive, send)
         else:
             error = error or _method_not_allowed(scope, ["POST"])
             scope["state"]["record"].refused(error)
@@ -202,7 +206,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         allowed = (exc.headers or {}).get("Allow", "").split(", ")
         return _response(request, _method_not_allowed(request.scope, allowed))
     if exc.status_code == 404:
-        return _response(request, NotFound(f"Invalid URL ({request.method} {request.url.path})."))
+        return _response(request, NotFound(_invalid_url(request.method, request.url.path)))
     if 400 <= exc.status_code < 500:
         return _response(request, RequestRefused(str(exc.detail), exc.status_code))
     return _response(request, GatewayError(str(exc.detail)))
@@ -214,6 +218,17 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     return _response(request, _internal(request.scope))
+
+
+def _invalid_url(method: str, path: str) -> str:
+    shown = f"Invalid URL ({method} {path[:200]})."
+    if not path.startswith("/v1/"):
+        return shown
+    return (
+        f"{shown} This gateway serves chat completions (POST /v1/chat/completions), responses "
+        "(POST /v1/responses) and models (GET /v1/models) for W&B Inference; embeddings, "
+        "completions, images, audio and OpenAI's other APIs are not offered."
+    )
 
 
 def _method_not_allowed(scope: Scope, allowed: list[str]) -> MethodNotAllowed:
@@ -233,6 +248,7 @@ def _openapi(api: FastAPI) -> Callable[[], dict[str, Any]]:
                 title=api.title, version=api.version, summary=api.summary, routes=api.routes
             )
             schema["paths"][chat.PATH] = chat.OPENAPI
+            schema["paths"][responses.PATH] = responses.OPENAPI
             schema.setdefault("components", {})["securitySchemes"] = {
                 "gatewayKey": {"type": "http", "scheme": "bearer"}
             }

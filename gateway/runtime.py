@@ -15,6 +15,7 @@ from gateway.key_service import Keys, make_key_store
 from gateway.limits import Limiter, MemoryLimiter
 from gateway.metrics import LiveState, Metrics
 from gateway.proxy import Proxy
+from gateway.response_store import MemoryResponseStore, RedisResponseStore, ResponseStore
 from gateway.upstream import UpstreamClient
 from gateway.usage import MemoryUsageStore, UsageStore
 
@@ -27,6 +28,15 @@ def make_limiter(settings: Settings) -> Limiter:
 
         return RedisLimiter(settings.limiter)
     return MemoryLimiter()
+
+
+def make_response_store(settings: Settings) -> ResponseStore:
+    """Stored responses live where usage lives: Redis when configured, else this process."""
+    if settings.limiter.backend == "redis":
+        from gateway.redis_client import connect
+
+        return RedisResponseStore(connect(settings.limiter)[0], settings.limiter.key_prefix)
+    return MemoryResponseStore()
 
 
 def make_usage_store(settings: Settings) -> UsageStore:
@@ -60,6 +70,7 @@ class Runtime:
         self.admission = Admission(settings.server.max_buffered_body_bytes)
         self.body_reader = BodyReader()
         self.keys = Keys(make_key_store(settings), settings)
+        self.responses = make_response_store(settings)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
@@ -119,6 +130,7 @@ class Runtime:
     async def close(self) -> None:
         self.body_reader.close()
         await self.keys.close()
+        await self.responses.close()
         await self.usage.close()
         await self.limiter.close()
         await self.client.close()

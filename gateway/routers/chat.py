@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.chat_body import BodyReaderGone, ChatBody
 from gateway.chat_request import chat_request
+from gateway.config import Tenant
 from gateway.errors import GatewayError, Overloaded
 from gateway.exchange import CLIENT_CLOSED, Call, Result
 from gateway.record import RequestRecord
@@ -92,13 +93,16 @@ OPENAPI = {
 
 
 class ChatCompletions:
+    """The handler; `ResponsesCreate` (routers/responses.py) is the same exchange with another
+    way of reading the request (`call`) and of writing the answer (`responder`)."""
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime: Runtime = scope["app"].state.runtime
         record: RequestRecord = scope["state"]["record"]
         tenant, settings = record.tenant, record.settings
         assert tenant is not None and settings is not None  # auth let it through
         start = time.monotonic()
-        client = Responder(send, receive)
+        client = self.responder(send, receive, runtime, tenant)
         call: Call | None = None
         try:
             headers = scope["headers"]
@@ -108,19 +112,8 @@ class ChatCompletions:
             # this answer, its body stays on the socket.
             with runtime.admission.enter(tenant, declared) as ticket:
                 body = await client.read_body(declared, limit, ticket)
-                parsed = await _read(runtime, body)
-                call = chat_request(
-                    body,
-                    headers,
-                    tenant,
-                    settings,
-                    request_id=record.request_id,
-                    key_id=record.key_id or "-",
-                    start=start,
-                    label=runtime.catalog.label,
-                    parsed=parsed,
-                )
-                del body, parsed  # the call holds the one body sent upstream
+                call = await self.call(runtime, body, headers, record, start, client)
+                del body  # the call holds the one body sent upstream
                 record.model = call.label
                 runtime.budgets.check(tenant)  # the exact check comes with the slot
                 result = await runtime.proxy.chat(call, client)
@@ -132,8 +125,37 @@ class ChatCompletions:
         record.finished(result)
         await runtime.accounting.settle(tenant, call, result)
 
+    def responder(
+        self, send: Send, receive: Receive, runtime: Runtime, tenant: Tenant
+    ) -> Responder:
+        return Responder(send, receive)
 
-async def _read(runtime: Runtime, body: bytes) -> ChatBody:
+    async def call(
+        self,
+        runtime: Runtime,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        record: RequestRecord,
+        start: float,
+        client: Responder,
+    ) -> Call:
+        """The request as the `Call` the proxy runs, or the GatewayError refusing it."""
+        assert record.tenant is not None and record.settings is not None
+        return chat_request(
+            body,
+            headers,
+            record.tenant,
+            record.settings,
+            request_id=record.request_id,
+            key_id=record.key_id or "-",
+            start=start,
+            label=runtime.catalog.label,
+            parsed=await read_body(runtime, body),
+        )
+
+
+async def read_body(runtime: Runtime, body: bytes) -> ChatBody:
+    """The body's top level, read strictly (off the event loop when it is big)."""
     try:
         return await runtime.body_reader.read(body)  # a BodyError is a 400 of its own
     except BodyReaderGone:

@@ -31,6 +31,21 @@ class ModelObject(BaseModel):
     object: str = "model"
 
 
+class StoredResponse(BaseModel):
+    """A Responses API `response` object as it was answered (every field kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: Literal["response"]
+
+
+class DeletedResponse(BaseModel):
+    id: str
+    object: Literal["response"]
+    deleted: Literal[True]
+
+
 class ModelList(BaseModel):
     object: Literal["list"]
     data: list[ModelObject]

@@ -25,16 +25,37 @@ async def test_other_routes_405_with_their_methods(gw: InProcess) -> None:
 
 
 async def test_an_unknown_path_is_a_404_envelope(gw: InProcess) -> None:
-    r = await gw.client.get("/v1/nothing", headers=AUTH)
+    r = await gw.client.get("/nothing", headers=AUTH)
     assert r.status_code == 404
     assert r.json() == {
         "error": {
-            "message": "Invalid URL (GET /v1/nothing).",
+            "message": "Invalid URL (GET /nothing).",
             "type": "invalid_request_error",
             "param": None,
             "code": None,
         }
     }
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/embeddings"),
+        ("POST", "/v1/completions"),
+        ("POST", "/v1/images/generations"),
+        ("POST", "/v1/audio/transcriptions"),
+        ("GET", "/v1/files"),
+    ],
+)
+async def test_openai_paths_w_and_b_does_not_offer_say_what_the_gateway_serves(
+    gw: InProcess, method: str, path: str
+) -> None:
+    r = await gw.client.request(method, path, headers=AUTH)
+    assert r.status_code == 404
+    message = r.json()["error"]["message"]
+    assert message.startswith(f"Invalid URL ({method} {path}).")
+    assert "/v1/chat/completions" in message and "/v1/responses" in message
+    assert "/v1/models" in message
 
 
 async def test_docs_are_off(gw: InProcess) -> None:

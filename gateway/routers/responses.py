@@ -1,0 +1,197 @@
+"""OpenAI's Responses API over W&B's chat completions.
+
+    POST   /v1/responses        translated (gateway.responses_api.to_chat) into a chat completion,
+                                run by the proxy as any other (auth, aliases, allow-list, limiter,
+                                retries, budget, spend, metrics, access log), answered as a
+                                response object or its event stream (gateway.response_writer)
+    GET    /v1/responses/{id}   a stored response (`store: true`, the default), the tenant's own
+    DELETE /v1/responses/{id}   forget it
+
+`previous_response_id` continues a stored conversation: its messages go upstream before this
+request's input. Another tenant's id is a 404, as an unknown one (gateway.response_store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.types import Receive, Send
+
+from gateway.chat_body import OFFLOAD_BYTES
+from gateway.chat_request import chat_request
+from gateway.config import Tenant
+from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.exchange import Call
+from gateway.record import RequestRecord
+from gateway.response_writer import ResponsesResponder
+from gateway.responses import Responder
+from gateway.responses_api import to_chat
+from gateway.routers.chat import ChatCompletions, read_body
+from gateway.routers.deps import RuntimeDep, TenantDep
+from gateway.routers.schemas import DeletedResponse, StoredResponse, errors
+from gateway.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+PATH = "/v1/responses"
+MAX_ID_CHARS = 128
+
+router = APIRouter(tags=["openai"], responses=errors(401, 503))
+
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
+# Dispatched before FastAPI, as chat is (see app.py): its entry in /openapi.json is written here.
+OPENAPI = {
+    "post": {
+        "tags": ["openai"],
+        "summary": "Responses (OpenAI's API), over W&B's chat completions; `stream: true` too",
+        "operationId": "create_response",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["model"],
+                        "properties": {
+                            "model": {"type": "string"},
+                            "input": {"oneOf": [{"type": "string"}, {"type": "array"}]},
+                            "instructions": {"type": "string"},
+                            "previous_response_id": {"type": "string"},
+                            "store": {"type": "boolean"},
+                            "stream": {"type": "boolean"},
+                            "tools": {"type": "array", "items": {"type": "object"}},
+                        },
+                        "additionalProperties": True,
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "A response object, or its SSE event stream",
+                "content": {"application/json": {}, "text/event-stream": {}},
+            },
+            **{
+                str(status): {"description": what, "content": _ERROR}
+                for status, what in (
+                    (400, "a field the gateway cannot translate or take (`param` names it)"),
+                    (404, "a model the tenant may not use, or an unknown previous_response_id"),
+                    (429, "no slot in time, the tenant's max_queue, W&B's limit, quota, budget"),
+                    (502, "W&B failed, refused the gateway's key, or cannot be reached"),
+                )
+            },
+        },
+    }
+}
+
+
+class ResponsesCreate(ChatCompletions):
+    def responder(
+        self, send: Send, receive: Receive, runtime: Runtime, tenant: Tenant
+    ) -> Responder:
+        response_id = "resp_" + secrets.token_hex(24)
+
+        async def keep(response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
+            entry = {"response": response, "conversation": conversation}
+            try:
+                if not await runtime.responses.put(tenant.name, response_id, entry):
+                    logger.warning("response %s not stored: too large", response_id)
+            except GatewayError as exc:  # the client has its answer; only the next turn misses it
+                logger.warning("response %s not stored: %s", response_id, exc.message)
+
+        return ResponsesResponder(send, receive, response_id, keep)
+
+    async def call(
+        self,
+        runtime: Runtime,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        record: RequestRecord,
+        start: float,
+        client: Responder,
+    ) -> Call:
+        tenant, settings = record.tenant, record.settings
+        assert tenant is not None and settings is not None
+        assert isinstance(client, ResponsesResponder)
+        await read_body(runtime, body)  # strict at the top level, as a chat body
+        request = await _parse(body)
+        history = await _history(runtime, tenant, request.get("previous_response_id"))
+        plan = client.plan = to_chat(request, history)
+        chat_body = orjson.dumps(plan.body)
+        return chat_request(
+            chat_body,
+            headers,
+            tenant,
+            settings,
+            request_id=record.request_id,
+            key_id=record.key_id or "-",
+            start=start,
+            label=runtime.catalog.label,
+            parsed=await read_body(runtime, chat_body),
+        )
+
+
+async def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        if len(body) > OFFLOAD_BYTES:
+            found = await asyncio.to_thread(orjson.loads, body)
+        else:
+            found = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(
+            f"We could not parse the JSON body of your request ({exc}). Send a JSON object."
+        ) from None
+    if not isinstance(found, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return found
+
+
+async def _history(runtime: Runtime, tenant: Tenant, wanted: object) -> list[dict[str, Any]] | None:
+    """The stored conversation `previous_response_id` names (to_chat checks a wrong type)."""
+    if not isinstance(wanted, str):
+        return None
+    entry = await runtime.responses.get(tenant.name, wanted) if _sane(wanted) else None
+    if entry is None:
+        raise NotFound(
+            f"Previous response with id {wanted[:MAX_ID_CHARS]!r} not found.",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        )
+    conversation: list[dict[str, Any]] = entry["conversation"]
+    return conversation
+
+
+def _sane(response_id: str) -> bool:
+    return (
+        0 < len(response_id) <= MAX_ID_CHARS and response_id.isascii() and response_id.isprintable()
+    )
+
+
+@router.get("/v1/responses/{response_id}", response_model=StoredResponse, responses=errors(404))
+async def get_response(response_id: str, runtime: RuntimeDep, tenant: TenantDep) -> dict[str, Any]:
+    """A response stored by `POST /v1/responses` (`store: true`), as it was answered."""
+    entry = await runtime.responses.get(tenant.name, response_id) if _sane(response_id) else None
+    if entry is None:
+        raise _not_found(response_id)
+    response: dict[str, Any] = entry["response"]
+    return response
+
+
+@router.delete("/v1/responses/{response_id}", response_model=DeletedResponse, responses=errors(404))
+async def delete_response(
+    response_id: str, runtime: RuntimeDep, tenant: TenantDep
+) -> dict[str, Any]:
+    """Forget a stored response: it can no longer be read or continued."""
+    if not (_sane(response_id) and await runtime.responses.delete(tenant.name, response_id)):
+        raise _not_found(response_id)
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+def _not_found(response_id: str) -> NotFound:
+    shown = response_id[:MAX_ID_CHARS] if _sane(response_id) else "given"
+    return NotFound(f"No response found with id {shown!r}.", param="response_id")
