@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/gateway.yaml
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
+DEMO_UPSTREAM_PORT ?= 9090
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
@@ -33,12 +34,16 @@ run: $(STAMP)
 	  echo "    export WANDB_API_KEY=...  WANDB_PROJECT=<entity>/<project>" >&2; \
 	  echo "  No W&B account? 'make demo' runs the gateway against the bundled fake upstream." >&2; \
 	  exit 2; fi
+	@if [ -z "$$WANDB_PROJECT" ]; then \
+	  billed=$$(sed -n 's/.*$${WANDB_PROJECT:-\([^}]*\)}.*/\1/p' $(CONFIG) | head -n 1); \
+	  [ -z "$$billed" ] || echo "warning: WANDB_PROJECT is not set: W&B bills this gateway's usage to the project '$$billed' ($(CONFIG)); export WANDB_PROJECT=<entity>/<project> to choose yours" >&2; fi
 	@test -s config/default.keys || $(BIN)/inference-gateway keys new --save config/default.keys
 	$(BIN)/inference-gateway serve --config $(CONFIG) --host $(HOST) --port $(PORT)
 
 ## make demo: the bundled fake W&B upstream plus the gateway wired to it; no account needed.
+## Ports: PORT (the gateway) and DEMO_UPSTREAM_PORT (the fake upstream); both must be free.
 demo: $(STAMP)
-	$(BIN)/inference-gateway demo --host $(HOST) --port $(PORT)
+	@$(BIN)/inference-gateway demo --host $(HOST) --port $(PORT) --upstream-port $(DEMO_UPSTREAM_PORT)
 
 ## make check: linters and the type checker.
 check: $(TEST_STAMP)

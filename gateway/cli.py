@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -170,6 +171,12 @@ def cmd_fake_upstream(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The fake upstream in a child process, the gateway in this one, and how to call it."""
+    # Both ports first, before any file is written or process started: a second demo must
+    # leave the running one's key file alone.
+    _refuse_busy_ports(
+        (args.host, args.port, "the gateway, PORT"),
+        ("127.0.0.1", args.upstream_port, "the fake upstream, DEMO_UPSTREAM_PORT"),
+    )
     keys_file = Path(args.keys_file)
     keys_file.parent.mkdir(parents=True, exist_ok=True)
     key = new_key()
@@ -182,23 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     try:
         _wait_http(f"http://127.0.0.1:{args.upstream_port}/_fake/stats", fake)
         os.environ.update(env)
-        base = f"http://{args.host}:{args.port}/v1"
-        print(
-            f"""
-Demo gateway on {base}, in front of a fake W&B upstream (no account, no credits spent).
-Your demo key (new each `make demo`): {key}
-
-  curl {base}/chat/completions -H "Authorization: Bearer {key}" \\
-    -H "Content-Type: application/json" \\
-    -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
-
-  from openai import OpenAI
-  client = OpenAI(base_url="{base}", api_key="{key}")
-  print(client.chat.completions.create(
-      model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hello"}}]))
-""",
-            flush=True,
-        )
+        print(demo_instructions(f"http://{args.host}:{args.port}/v1", key), flush=True)
         serve = argparse.Namespace(
             config=args.config,
             host=args.host,
@@ -210,6 +201,67 @@ Your demo key (new each `make demo`): {key}
     finally:
         fake.terminate()
         fake.wait(timeout=10)
+
+
+def _refuse_busy_ports(*ports: tuple[str, int, str]) -> None:
+    """Exit with one line naming every (host, port, whose) that a bind test finds taken."""
+    problems = []
+    if len({port for _, port, _ in ports}) < len(ports):
+        problems.append(f"the gateway and the fake upstream cannot share port {ports[0][1]}")
+    for host, port, whose in ports:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            # As uvicorn and aiohttp bind: a port left in TIME_WAIT is free, a listener is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                problems.append(f"port {port} on {host} ({whose}) is in use")
+    if problems:
+        print(
+            f"demo: {'; '.join(problems)}. Another `make demo` running? Stop it, or choose "
+            "free ports: make demo PORT=... DEMO_UPSTREAM_PORT=...",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_CONFIG)
+
+
+def demo_python(base: str, key: str) -> str:
+    """The Python the demo prints: a chat, structured output and a tool call, as printed."""
+    return f"""\
+from openai import OpenAI
+from pydantic import BaseModel
+
+client = OpenAI(base_url="{base}", api_key="{key}")
+hello = [{{"role": "user", "content": "Hello"}}]
+print(client.chat.completions.create(model="gpt-4o-mini", messages=hello))
+
+class City(BaseModel):  # structured output: the fake answers from the JSON schema
+    name: str
+    population: int
+
+done = client.chat.completions.parse(model="gpt-4o-mini", messages=hello, response_format=City)
+print(done.choices[0].message.parsed)
+
+weather = {{"type": "function", "function": {{"name": "get_weather", "parameters": {{
+    "type": "object", "properties": {{"city": {{"type": "string"}}}}, "required": ["city"]}}}}}}
+reply = client.chat.completions.create(model="gpt-4o-mini", messages=hello, tools=[weather])
+print(reply.choices[0].message.tool_calls)  # then send a "tool" message back: a text answer
+"""
+
+
+def demo_instructions(base: str, key: str) -> str:
+    """What the demo prints once both servers answer."""
+    return f"""
+Demo gateway on {base}, in front of a fake W&B upstream (no account, no credits spent).
+Your demo key (new each `make demo`): {key}
+
+  curl {base}/chat/completions -H "Authorization: Bearer {key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+Or in Python (pip install openai): a chat, structured output and a tool call.
+
+{demo_python(base, key)}"""
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:

@@ -2,7 +2,8 @@
 
 Owns everything that touches the client's socket once a request holds a concurrency slot: the
 delay or hang a fault or ``x_fake`` asks for, dropping the connection, writing the JSON body or
-the SSE events (one write per event: reasoning chunks, then content chunks), and counting
+the SSE events (one write per event: reasoning chunks, then content or tool-call chunks, as
+``completions.deltas`` lists them), and counting
 completions and client disconnects.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from gateway.testing.completions import Call, completion, reasoning_words, text_words, usage
+from gateway.testing.completions import Call, completion, deltas, role_delta, usage
 from gateway.testing.state import FakeState
 
 _POLL_S: Final = 0.02
@@ -66,26 +67,24 @@ async def write_stream(
         data = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
         await resp.write(f"data: {data}\n\n".encode())
 
-    async def send_choice(index: int, delta: dict[str, str], finish: str | None) -> None:
+    async def send_choice(index: int, delta: dict[str, Any], finish: str | None) -> None:
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
         await send({**head, "model": call.model, "choices": [choice], **extra})
 
     if call.think_s > 0 and not await wait(request, state, call.think_s):
         raise ConnectionResetError("client went away")
     for i in range(call.choices):
-        await send_choice(i, {"role": "assistant", "content": ""}, None)
-    deltas = [("reasoning", w) for w in reasoning_words(call.reasoning_tokens)]
-    deltas += [("content", w) for w in text_words(call.tokens)]
-    sent = 0
-    for field, word in deltas:
+        await send_choice(i, role_delta(call), None)
+    sent = 0  # token chunks: what cut_after counts
+    for delta, token in deltas(call):
         for i in range(call.choices):
             if call.cut_after is not None and sent >= call.cut_after:
                 break
-            delay = call.chunk_delay_s if sent else 0.0
+            delay = call.chunk_delay_s if sent and token else 0.0
             if delay > 0 and not await wait(request, state, delay):
                 raise ConnectionResetError("client went away")
-            await send_choice(i, {field: word}, None)
-            sent += 1
+            await send_choice(i, delta, None)
+            sent += token
     if call.cut_after is not None:  # past the end counts as "cut before the finish chunk"
         abort(request)
         return False

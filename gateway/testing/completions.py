@@ -4,16 +4,24 @@ Deterministic answers, so tests can compute them independently:
 
 - ``prompt_tokens`` = sum over messages of ``3 + words(content)``, ``words(s) = len(s.split())``;
   when content is a list of parts it is the words of every ``{"type": "text"}`` part's ``text``
-  plus 85 per ``{"type": "image_url"}`` part; any other content counts 0.
+  plus 85 per ``{"type": "image_url"}`` part; any other content counts 0 (an assistant's
+  ``tool_calls`` too), and so do ``tools`` and ``response_format``.
 - Reasoning tokens per choice, R: ``x_fake.reasoning_tokens`` if given (any model), else 4 for a
   reasoning model (``FakeSettings.reasoning``), else 0. The reasoning text is R words cycled from
   ``REASONING_WORDS``, each but the last followed by a space.
-- Content tokens per choice: ``x_fake.tokens`` if given, else 8. The text is that many words
-  cycled from ``WORDS``, each but the last followed by a space.
+- The answer's form, by ``tools``, ``tool_choice``, ``response_format`` and the last message
+  (``gateway.testing.structured``): the usual words, a tool call, or a JSON document.
+- The usual words, one token each: ``x_fake.tokens`` if given, else 8, cycled from ``WORDS``,
+  each but the last followed by a space.
+- A JSON document (a tool call's ``arguments``, or JSON content), one token per 4 characters:
+  its text cut into 4-character pieces, the last one shorter. ``x_fake.tokens`` sets only the
+  words a ``json_object`` answer wraps; a schema's document is as long as the schema makes it.
 - A cap, ``max_completion_tokens`` (or else ``max_tokens``), bounds reasoning and content
   together, reasoning first: with cap C < R + tokens, reasoning is ``min(R, C)``, content the
-  rest of C, and ``finish_reason`` is ``"length"``; otherwise ``"stop"``.
-- ``n`` choices (default 1) carry the same texts; ``completion_tokens = (R + tokens) * n``, the
+  first C - R tokens (words or pieces: a JSON document is then cut short), and
+  ``finish_reason`` is ``"length"``; otherwise ``"tool_calls"`` for a tool call, else
+  ``"stop"``.
+- ``n`` choices (default 1) carry the same answer; ``completion_tokens = (R + tokens) * n``, the
   reasoning included (OpenAI's convention), and when R > 0 ``usage`` also has
   ``"completion_tokens_details": {"reasoning_tokens": R * n}``.
 - ``cached_tokens``, C: the prompt tokens of the longest message prefix seen before with the
@@ -21,15 +29,21 @@ Deterministic answers, so tests can compute them independently:
   capped at ``prompt_tokens``. When C > 0 ``usage`` also has
   ``"prompt_tokens_details": {"cached_tokens": C}``. ``cache_salt``, when not null, must be a
   non-empty string (W&B's rule), else a 400 naming it.
-- Streamed, one word = one token = one chunk: ``delta.reasoning`` chunks first, then
-  ``delta.content`` chunks. Not streamed, ``message.reasoning`` holds the reasoning text (no
-  such key when R = 0). The same ``usage`` is the body's and the final chunk's (include_usage).
+- Streamed, one token = one chunk: after the role chunk (``{"role": "assistant", "content":
+  ""}``, ``"content": null`` for a tool call), ``delta.reasoning`` chunks first, then
+  ``delta.content`` chunks (words or pieces). A tool call streams as OpenAI's does: one chunk
+  ``{"tool_calls": [{"index": 0, "id", "type": "function", "function": {"name", "arguments":
+  ""}}]}`` (no token: ``cut_after`` does not count it), then one per piece, ``{"tool_calls":
+  [{"index": 0, "function": {"arguments": piece}}]}``. Not streamed, ``message.reasoning``
+  holds the reasoning text (no such key when R = 0); a tool call's message has ``"content":
+  null`` and ``tool_calls: [{"id", "type": "function", "function": {"name", "arguments"}}]``.
+  The same ``usage`` is the body's and the final chunk's (include_usage).
 
 Per-request knobs ride in a vendor field the real service would ignore:
 ``"x_fake": {"delay_s": float, "think_s": float, "chunk_delay_s": float, "tokens": int,
 "reasoning_tokens": int, "cached_tokens": int, "cut_after": int}`` (``think_s``: a stream's
-silence between its headers and its first chunk; ``cut_after``: token chunks, reasoning or
-content, before the stream is cut).
+silence between its headers and its first chunk; ``cut_after``: token chunks, reasoning,
+content or tool-call arguments, before the stream is cut).
 Nothing here touches a socket: ``gateway.testing.answer`` writes what these functions compute.
 """
 
@@ -41,13 +55,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
+from gateway.testing.errors import BadRequest
 from gateway.testing.settings import FakeSettings
+from gateway.testing.structured import ToolCall, shape
 
 WORDS: Final = ("Hello", "from", "the", "fake", "W&B", "upstream", "for", "testing")
 REASONING_WORDS: Final = ("Let", "me", "think", "this", "through", "step", "by", "step")
 _DEFAULT_TOKENS: Final = 8
 _DEFAULT_REASONING_TOKENS: Final = 4
 _IMAGE_TOKENS: Final = 85
+PIECE_CHARS: Final = 4  # a JSON document's characters per token (and per stream chunk)
 
 
 @dataclass
@@ -58,7 +75,7 @@ class Call:
     stream: bool
     include_usage: bool
     choices: int
-    tokens: int
+    pieces: tuple[str, ...]  # the content (or a tool call's arguments), one token each
     finish_reason: str
     prompt_tokens: int
     delay_s: float
@@ -73,15 +90,12 @@ class Call:
     prefix_tokens: tuple[int, ...] = ()
     cached_override: int | None = None  # x_fake.cached_tokens
     cached_tokens: int = 0  # set once the prefix cache has been asked
+    tool_call: ToolCall | None = None  # its arguments are the pieces
 
-
-class BadRequest(Exception):
-    """A body the fake refuses with a 400, naming the offending ``param``."""
-
-    def __init__(self, message: str, param: str | None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
+    @property
+    def tokens(self) -> int:
+        """Content tokens per choice (reasoning aside)."""
+        return len(self.pieces)
 
 
 def _words(text: object) -> int:
@@ -162,15 +176,8 @@ def parse_call(body: object, settings: FakeSettings) -> Call:
     choices = _int(body, "n", 1, "n")
     if choices < 1:
         raise BadRequest("'n' must be at least 1", "n")
-    cap = _int(body, "max_completion_tokens", 0, "max_completion_tokens")
-    cap = cap or _int(body, "max_tokens", 0, "max_tokens")
-    wanted = _int(knobs, "tokens", _DEFAULT_TOKENS, "x_fake")
     thinking = _DEFAULT_REASONING_TOKENS if model in settings.reasoning else 0
-    reasoning = _int(knobs, "reasoning_tokens", thinking, "x_fake")
-    capped = bool(cap) and cap < reasoning + wanted
-    if capped:
-        reasoning = min(reasoning, cap)
-        wanted = cap - reasoning
+    reasoning, pieces, tool_call, finish = _output(body, messages, knobs, thinking)
     cached = knobs.get("cached_tokens")
     prefixes, prefix_tokens = _prefixes(messages)
     options = body.get("stream_options")
@@ -179,8 +186,8 @@ def parse_call(body: object, settings: FakeSettings) -> Call:
         stream=body.get("stream") is True,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         choices=choices,
-        tokens=wanted,
-        finish_reason="length" if capped else "stop",
+        pieces=pieces,
+        finish_reason=finish,
         prompt_tokens=prefix_tokens[-1] if prefix_tokens else 0,
         delay_s=_float(knobs, "delay_s", settings.delay_s, "x_fake"),
         chunk_delay_s=_float(knobs, "chunk_delay_s", settings.chunk_delay_s, "x_fake"),
@@ -191,7 +198,32 @@ def parse_call(body: object, settings: FakeSettings) -> Call:
         prefixes=prefixes,
         prefix_tokens=prefix_tokens,
         cached_override=None if cached is None else _int(knobs, "cached_tokens", 0, "x_fake"),
+        tool_call=tool_call,
     )
+
+
+def _output(
+    body: dict[str, Any], messages: list[Any], knobs: dict[str, Any], thinking: int
+) -> tuple[int, tuple[str, ...], ToolCall | None, str]:
+    """Reasoning tokens, content pieces, the tool call if any and the finish reason, capped."""
+    cap = _int(body, "max_completion_tokens", 0, "max_completion_tokens")
+    cap = cap or _int(body, "max_tokens", 0, "max_tokens")
+    words = text_words(_int(knobs, "tokens", _DEFAULT_TOKENS, "x_fake"))
+    reasoning = _int(knobs, "reasoning_tokens", thinking, "x_fake")
+    form = shape(body, messages, "".join(words))
+    pieces = words if form.document is None else json_pieces(form.document)
+    finish = "stop" if form.tool_call is None else "tool_calls"
+    if cap and cap < reasoning + len(pieces):
+        reasoning = min(reasoning, cap)
+        cut = cap - reasoning
+        pieces = pieces[:cut] if form.document is not None else text_words(cut)
+        finish = "length"
+    return reasoning, tuple(pieces), form.tool_call, finish
+
+
+def json_pieces(document: str) -> list[str]:
+    """A JSON document's tokens: ``PIECE_CHARS`` characters each, the last one shorter."""
+    return [document[i : i + PIECE_CHARS] for i in range(0, len(document), PIECE_CHARS)]
 
 
 def set_cached(call: Call, longest_seen: int) -> None:
@@ -237,7 +269,14 @@ def usage(call: Call) -> dict[str, Any]:
 
 def completion(call: Call, ident: str) -> dict[str, Any]:
     """The non-streamed ``chat.completion`` body."""
-    message = {"role": "assistant", "content": "".join(text_words(call.tokens))}
+    text = "".join(call.pieces)
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if call.tool_call is not None:
+        function = {"name": call.tool_call.name, "arguments": text}
+        message["content"] = None
+        message["tool_calls"] = [
+            {"id": call.tool_call.id, "type": "function", "function": function}
+        ]
     if call.reasoning_tokens:
         message["reasoning"] = "".join(reasoning_words(call.reasoning_tokens))
     choices = [
@@ -246,3 +285,24 @@ def completion(call: Call, ident: str) -> dict[str, Any]:
     ]
     head = {"id": ident, "object": "chat.completion", "created": int(time.time())}
     return {**head, "model": call.model, "choices": choices, "usage": usage(call)}
+
+
+def role_delta(call: Call) -> dict[str, Any]:
+    """The delta of a stream's first chunk, before any token."""
+    return {"role": "assistant", "content": None if call.tool_call else ""}
+
+
+def deltas(call: Call) -> list[tuple[dict[str, Any], bool]]:
+    """The stream's deltas after the role chunk, in order, each with whether it is a token (the
+    chunks ``cut_after`` counts): reasoning words, then the content or the tool call."""
+    out: list[tuple[dict[str, Any], bool]] = [
+        ({"reasoning": word}, True) for word in reasoning_words(call.reasoning_tokens)
+    ]
+    if call.tool_call is None:
+        return out + [({"content": piece}, True) for piece in call.pieces]
+    function = {"name": call.tool_call.name, "arguments": ""}
+    head = {"index": 0, "id": call.tool_call.id, "type": "function", "function": function}
+    out.append(({"tool_calls": [head]}, False))
+    for piece in call.pieces:
+        out.append(({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, True))
+    return out

@@ -1,6 +1,7 @@
-"""The fake's error envelope and W&B's documented error table.
+"""The fake's error envelope, W&B's documented error table, and the 400 a bad body gets.
 
 Every error the fake sends is OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
+``BadRequest`` is what parsing a body raises; the handler renders it as a 400 naming ``param``.
 ``ERRORS`` holds the answers W&B documents, by the name faults use for them; the fake also sends
 ``"401"`` for a bad key or project and ``"429"`` past a concurrency limit.
 """
@@ -29,6 +30,15 @@ ERRORS: Final = MappingProxyType(
         "503": (503, _OVERLOADED, "server_error", None),
     }
 )
+
+
+class BadRequest(Exception):
+    """A body the fake refuses with a 400, naming the offending ``param``."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
 
 
 def error(

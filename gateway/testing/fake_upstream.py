@@ -4,9 +4,10 @@ Owns the simulation of ``https://api.inference.wandb.ai/v1`` used by end-to-end 
 sockets and by users trying the gateway without a W&B account: authentication (Bearer key plus
 ``OpenAI-Project: entity/project``), the model list, retired models (404), per-key and
 per-project concurrency limits (429), the documented error table, deterministic completions
-(plain JSON and SSE, reasoning text for reasoning models, usage with cached and reasoning token
-details), prompt prefix caching isolated by ``cache_salt``, and a control API under ``/_fake/``
-to script faults and inspect traffic.
+(plain JSON and SSE, reasoning text for reasoning models, tool calls and JSON answers made
+from the request's schemas, usage with cached and reasoning token details), prompt prefix
+caching isolated by ``cache_salt``, and a control API under ``/_fake/`` to script faults and
+inspect traffic.
 
 Every answer but the control API's carries the account-level headers W&B's edge would send
 (``ACCOUNT_HEADERS``: the organisation, rate limits, a cookie, HSTS, CORS, ``alt-svc``): none of
@@ -22,6 +23,8 @@ in ``gateway.testing``:
 - ``faults``: the kinds of fault the control API queues and how each is given;
 - ``state``: ``FakeState``, what one app remembers;
 - ``completions``: the request parsed into a ``Call``, the token formula and the answer's body;
+- ``structured``: the answer's form: the usual words, a tool call, or a JSON document;
+- ``schema_values``: the value a JSON schema describes (tool arguments, JSON answers);
 - ``prefix_cache``: the message prefixes seen, per ``cache_salt`` (``cached_tokens``);
 - ``answer``: writing that answer over the connection (waits, cuts, SSE);
 - ``control``: the ``/_fake/`` handlers.
@@ -42,12 +45,11 @@ from gateway.testing.answer import answer, dropped
 from gateway.testing.completions import (
     REASONING_WORDS,
     WORDS,
-    BadRequest,
     parse_call,
     prompt_tokens,
     set_cached,
 )
-from gateway.testing.errors import ERRORS, error, known_error
+from gateway.testing.errors import ERRORS, BadRequest, error, known_error
 from gateway.testing.prefix_cache import CACHE_LIMIT
 from gateway.testing.settings import (
     DEFAULT_KEY,

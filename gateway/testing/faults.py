@@ -4,10 +4,11 @@ A fault applies to the next ``count`` chat requests that pass authentication and
 named in ``ERRORS`` answer with that error at once, as do ``reset`` (the connection is dropped,
 and so is a non-streamed request's under ``cut``) and ``redirect`` (a 307 whose ``Location`` is
 the request's own URL: a client that follows it sends the request again). ``cut`` (after
-``after`` token chunks, reasoning or content), ``delay`` (``seconds`` more before the answer),
-``think`` (a stream's status and headers at once, then ``seconds`` of silence before its first
-chunk, as a reasoning model) and ``hang`` instead shape the answer once the model and
-concurrency checks have passed, so the request counts as in flight meanwhile.
+``after`` token chunks: reasoning, content or tool-call arguments), ``delay`` (``seconds`` more
+before the answer), ``think`` (a stream's status and headers at once, then ``seconds`` of
+silence before its first chunk, as a reasoning model) and ``hang`` instead shape the answer
+once the model and concurrency checks have passed, so the request counts as in flight
+meanwhile.
 """
 
 from __future__ import annotations

@@ -827,3 +827,154 @@ def test_prefix_cache_is_a_bounded_lru() -> None:
     assert cache.use(None, (b"a",)) == 0
     cache.clear()
     assert len(cache) == 0
+
+
+# --- tool calls and JSON answers ---------------------------------------------------------------
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "parameters": {
+            "type": "object",
+            "properties": {"q": {"type": "string"}, "n": {"type": "integer", "minimum": 3}},
+            "required": ["q"],
+        },
+    },
+}
+ARGUMENTS = '{"q":"fake q","n":3}'  # the documented generator's value, compact
+ARGUMENT_PIECES = ['{"q"', ':"fa', "ke q", '","n', '":3}']  # 4 characters a token
+
+
+def tool_calls(events: list[Any]) -> list[Any]:
+    """The ``delta.tool_calls`` entries of a stream's events, in order."""
+    chunks = [e for e in events if isinstance(e, dict)]
+    return [d for e in chunks for c in e["choices"] for d in c["delta"].get("tool_calls", [])]
+
+
+async def test_tool_call_answer(client: httpx.AsyncClient) -> None:
+    data = (await client.post(CHAT, json=body(tools=[TOOL]))).json()
+    [choice] = data["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    message = choice["message"]
+    assert message["content"] is None
+    [call] = message["tool_calls"]
+    assert call["id"].startswith("call_")
+    assert call == {
+        "id": call["id"],
+        "type": "function",
+        "function": {"name": "lookup", "arguments": ARGUMENTS},
+    }
+    assert data["usage"]["completion_tokens"] == len(ARGUMENT_PIECES)
+    again = (await client.post(CHAT, json=body(tools=[TOOL]))).json()
+    assert again["choices"][0]["message"]["tool_calls"] == [call]
+
+
+async def test_tool_call_stream_as_openai_sends_it(client: httpx.AsyncClient) -> None:
+    whole = (await client.post(CHAT, json=body(tools=[TOOL]))).json()
+    ident = whole["choices"][0]["message"]["tool_calls"][0]["id"]
+    events = await read_sse(
+        client, body(tools=[TOOL], stream=True, stream_options={"include_usage": True})
+    )
+    assert [c["delta"] for e in events[:2] for c in e["choices"]] == [
+        {"role": "assistant", "content": None},
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": ident,
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": ""},
+                }
+            ]
+        },
+    ]
+    fragments = [{"index": 0, "function": {"arguments": p}} for p in ARGUMENT_PIECES]
+    assert tool_calls(events)[1:] == fragments
+    assert events[-3]["choices"][0] == {
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "tool_calls",
+    }
+    assert events[-2]["usage"]["completion_tokens"] == whole["usage"]["completion_tokens"]
+
+
+async def test_tool_call_after_reasoning_cut_and_capped(client: httpx.AsyncClient) -> None:
+    events: list[Any] = []
+    payload = body(model=REASONER, tools=[TOOL], stream=True, x_fake={"cut_after": 6})
+    with pytest.raises(httpx.TransportError):
+        await read_sse(client, payload, events)
+    deltas = [e["choices"][0]["delta"] for e in events]
+    assert [d.get("reasoning") for d in deltas[1:5]] == ["Let ", "me ", "think ", "this"]
+    assert [c["function"]["arguments"] for c in tool_calls(events)] == [
+        "",
+        *ARGUMENT_PIECES[:2],
+    ]
+    capped = (await client.post(CHAT, json=body(model=REASONER, tools=[TOOL], max_tokens=6))).json()
+    choice = capped["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["tool_calls"][0]["function"]["arguments"] == "".join(
+        ARGUMENT_PIECES[:2]
+    )
+    assert capped["usage"]["completion_tokens"] == 6
+
+
+async def test_text_after_a_tool_result(client: httpx.AsyncClient) -> None:
+    messages = [
+        {"role": "user", "content": "Look it up"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": ARGUMENTS},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "found it"},
+    ]
+    data = (await client.post(CHAT, json=body(messages=messages, tools=[TOOL]))).json()
+    assert data["choices"][0]["finish_reason"] == "stop"
+    assert data["choices"][0]["message"] == {"role": "assistant", "content": TEXT8}
+
+
+async def test_json_schema_answer_whole_and_streamed(client: httpx.AsyncClient) -> None:
+    schema = TOOL["function"]["parameters"]  # type: ignore[index]
+    wanted = {"type": "json_schema", "json_schema": {"name": "r", "schema": schema, "strict": True}}
+    data = (await client.post(CHAT, json=body(response_format=wanted, n=2))).json()
+    assert [c["message"]["content"] for c in data["choices"]] == [ARGUMENTS, ARGUMENTS]
+    assert data["usage"]["completion_tokens"] == 2 * len(ARGUMENT_PIECES)
+    events = await read_sse(client, body(response_format=wanted, stream=True))
+    assert [e["choices"][0]["delta"].get("content") for e in events[1:-2]] == ARGUMENT_PIECES
+    obj = (
+        await client.post(
+            CHAT, json=body(response_format={"type": "json_object"}, x_fake={"tokens": 2})
+        )
+    ).json()
+    assert obj["choices"][0]["message"]["content"] == '{"answer":"Hello from"}'
+    assert obj["usage"]["completion_tokens"] == 6  # 23 characters
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{"type": "function"}]}, "tools"),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+            "response_format",
+        ),
+    ],
+)
+async def test_bad_tools_or_format_400(
+    client: httpx.AsyncClient, extra: dict[str, Any], param: str
+) -> None:
+    resp = await client.post(CHAT, json=body(**extra))
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == param
