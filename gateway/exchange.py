@@ -86,8 +86,8 @@ class Run:
         """Upstream's usage block is the truth. Every other attempt W&B had (a client gone
         before the answer, an answer cut or never finished, a timeout) is billed by W&B all
         the same: it counts the estimated prompt tokens (about four characters a token), plus
-        one completion token per relayed content or reasoning chunk (W&B streams a token a
-        chunk), marked estimated."""
+        one completion token per relayed content, reasoning or tool-call argument chunk (W&B
+        streams a token a chunk), marked estimated."""
         usage, meter = self.usage, self.meter
         if usage is None and meter is not None:
             usage = meter.usage

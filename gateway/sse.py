@@ -138,26 +138,28 @@ def _strip_usage_nulls(data: bytes) -> bytes:
 
 
 def _text_deltas(data: bytes) -> int:
-    """How many tokens of text the content and reasoning deltas in `data` hold, one a delta.
+    """How many tokens of text the content, reasoning and tool-call argument deltas in `data`
+    hold, one a delta.
     A server that sends its reasoning as both `reasoning` and `reasoning_content` (vLLM, for a
     while) sends the same token twice: the larger of the two counts is taken.
 
     `content"` and `reasoning"` end only a key or a string (a quote inside a string is
     escaped): when every one is a compact `"<key>":"`, counting them is exact."""
+    calls = data.count(b'"arguments":"') - data.count(b'"arguments":""')  # tool call fragments
     named = data.count(b'content"') + data.count(b'reasoning"')
     if not named:
-        return 0
+        return calls
     content = data.count(b'"content":"')
     both = data.count(b'"reasoning_content":"')
     plain = data.count(b'"reasoning":"')
     if content + both + plain != named:
         found = [m.group(1) for m in _TEXT_DELTA.finditer(data)]
         both, plain = found.count(b"reasoning_content"), found.count(b"reasoning")
-        return found.count(b"content") + max(both, plain)
+        return found.count(b"content") + max(both, plain) + calls
     content -= data.count(b'"content":""')
     both -= data.count(b'_content":""')
     plain -= data.count(b'"reasoning":""')
-    return content + max(both, plain)
+    return content + max(both, plain) + calls
 
 
 def _payload(event: bytes) -> object:

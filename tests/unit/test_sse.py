@@ -186,3 +186,27 @@ def test_done_is_held_back_with_all_that_follows_it() -> None:
         assert meter.feed(WORD + DONE + tail) == WORD
         assert meter.done and meter.content_chunks == 1
         assert meter.flush() == DONE + tail and meter.flush() == b""
+
+
+def test_tool_call_argument_fragments_count_as_tokens_of_a_cut_stream() -> None:
+    first = {"index": 0, "id": "call_1", "type": "function"}
+    first["function"] = {"name": "get_weather", "arguments": ""}
+    events = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": None}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [first]}}]},
+        *(
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]},
+                    }
+                ]
+            }
+            for piece in ('{"city', '": "Par', 'is"}')
+        ),
+    ]
+    data = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)  # no [DONE]: cut
+    meter = StreamMeter(strip_usage=False)
+    relay(meter, data, 9)
+    assert meter.content_chunks == 3 and not meter.done  # the fragments, not the empty start
