@@ -35,7 +35,7 @@ def make_response_store(settings: Settings) -> ResponseStore:
     if settings.limiter.backend == "redis":
         from gateway.redis_client import connect
 
-        return RedisResponseStore(connect(settings.limiter)[0], settings.limiter.key_prefix)
+        return RedisResponseStore(*connect(settings.limiter), settings.limiter.key_prefix)
     return MemoryResponseStore()
 
 

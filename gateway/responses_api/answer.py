@@ -156,7 +156,8 @@ def from_completion(chat: Mapping[str, Any], response_id: str) -> Answer:
     if parts:
         items.append(Message(item_id("msg", response_id, len(items)), parts))
     used: set[str] = set()
-    for call in message.get("tool_calls") or ():
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
         call = call if isinstance(call, dict) else {}
         function = call.get("function")
         function = function if isinstance(function, dict) else {}

@@ -170,7 +170,8 @@ def _top_level(request: Mapping[str, object]) -> None:
 
 def _options(request: Mapping[str, object], body: JSON) -> JSON:
     """Sets the chat body's tools, format and sampling; returns the echo of those fields."""
-    tools, tools_echo = chat_tools(request.get("tools") or [])
+    given = request.get("tools")
+    tools, tools_echo = chat_tools([] if given is None else given)
     choice, tools, choice_echo = chat_tool_choice(request.get("tool_choice"), tools)
     if tools:
         body["tools"] = tools
@@ -237,7 +238,8 @@ def _metadata(value: object) -> dict[str, str]:
 
 def _accepted(request: Mapping[str, object]) -> JSON:
     """Checks the fields accepted and not sent; returns the ones the response echoes."""
-    for index, raw in enumerate(as_list(request.get("include") or [], "include")):
+    given = request.get("include")
+    for index, raw in enumerate(as_list([] if given is None else given, "include")):
         value = as_str(raw, at("include", index))
         if value not in _INCLUDABLE:
             one_of(value, tuple(sorted(_INCLUDABLE)), at("include", index))

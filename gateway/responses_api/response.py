@@ -129,6 +129,8 @@ def response_error(error: GatewayError | Mapping[str, Any]) -> JSON:
     else:
         fields = error
     code, kind = fields.get("code"), fields.get("type")
+    code = code if isinstance(code, str) else None  # upstream's data: anything may be there
+    kind = kind if isinstance(kind, str) else None
     if code in _ERROR_CODES:
         mapped = code
     elif kind in _RATE_TYPES or code == "insufficient_quota":

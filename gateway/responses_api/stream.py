@@ -110,7 +110,8 @@ class StreamTranslator:
             self._answer.model = chunk["model"]
         if isinstance(chunk.get("usage"), dict):
             self._answer.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # the gateway never asks for n > 1
             delta = choice.get("delta")

@@ -138,6 +138,10 @@ def _allowed(
         _known(name, names, at(path, "name"))
         allowed.add(name)
     kept = [tool for tool in tools if tool["function"]["name"] in allowed]
+    if not kept:
+        refuse(
+            "tool_choice allowed_tools needs at least one of the tools in 'tools'.", "tool_choice"
+        )
     return mode, kept, dict(obj)
 
 

@@ -14,6 +14,7 @@ import time
 
 from starlette.types import Receive, Scope, Send
 
+from gateway.admission import Ticket
 from gateway.chat_body import BodyReaderGone, ChatBody
 from gateway.chat_request import chat_request
 from gateway.config import Tenant
@@ -112,7 +113,7 @@ class ChatCompletions:
             # this answer, its body stays on the socket.
             with runtime.admission.enter(tenant, declared) as ticket:
                 body = await client.read_body(declared, limit, ticket)
-                call = await self.call(runtime, body, headers, record, start, client)
+                call = await self.call(runtime, body, headers, record, start, client, ticket)
                 del body  # the call holds the one body sent upstream
                 record.model = call.label
                 runtime.budgets.check(tenant)  # the exact check comes with the slot
@@ -138,8 +139,10 @@ class ChatCompletions:
         record: RequestRecord,
         start: float,
         client: Responder,
+        ticket: Ticket,
     ) -> Call:
-        """The request as the `Call` the proxy runs, or the GatewayError refusing it."""
+        """The request as the `Call` the proxy runs, or the GatewayError refusing it; what it
+        holds beyond the body it read goes on `ticket`."""
         assert record.tenant is not None and record.settings is not None
         return chat_request(
             body,

@@ -22,12 +22,14 @@ import orjson
 from fastapi import APIRouter
 from starlette.types import Receive, Send
 
+from gateway.admission import Ticket
 from gateway.chat_body import OFFLOAD_BYTES
 from gateway.chat_request import chat_request
 from gateway.config import Tenant
-from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.errors import BadRequest, GatewayError, NotFound, PayloadTooLarge
 from gateway.exchange import Call
 from gateway.record import RequestRecord
+from gateway.response_store import RESPONSE_ID
 from gateway.response_writer import ResponsesResponder
 from gateway.responses import Responder
 from gateway.responses_api import to_chat
@@ -40,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 PATH = "/v1/responses"
 MAX_ID_CHARS = 128
+MAX_DEPTH = 64
+MAX_MESSAGES = 10_000  # input items plus the stored conversation's messages
 
 router = APIRouter(tags=["openai"], responses=errors(401, 503))
 
@@ -103,6 +107,8 @@ class ResponsesCreate(ChatCompletions):
                     logger.warning("response %s not stored: too large", response_id)
             except GatewayError as exc:  # the client has its answer; only the next turn misses it
                 logger.warning("response %s not stored: %s", response_id, exc.message)
+            except Exception:  # a bug must not cost the answer, which is paid for already
+                logger.exception("response %s not stored", response_id)
 
         return ResponsesResponder(send, receive, response_id, keep)
 
@@ -114,6 +120,7 @@ class ResponsesCreate(ChatCompletions):
         record: RequestRecord,
         start: float,
         client: Responder,
+        ticket: Ticket,
     ) -> Call:
         tenant, settings = record.tenant, record.settings
         assert tenant is not None and settings is not None
@@ -121,8 +128,22 @@ class ResponsesCreate(ChatCompletions):
         await read_body(runtime, body)  # strict at the top level, as a chat body
         request = await _parse(body)
         history = await _history(runtime, tenant, request.get("previous_response_id"))
+        if len(history or ()) + _items(request) > MAX_MESSAGES:
+            raise BadRequest(
+                f"A conversation may hold at most {MAX_MESSAGES:,} items, the stored ones of "
+                "`previous_response_id` included: start a new one.",
+                param="input",
+            )
         plan = client.plan = to_chat(request, history)
         chat_body = orjson.dumps(plan.body)
+        limit = settings.server.max_body_bytes
+        if len(chat_body) > limit:
+            raise PayloadTooLarge(
+                f"The request with its stored conversation would be {len(chat_body)} bytes "
+                f"upstream, over the gateway's {limit} (server.max_body_bytes): start a new "
+                "conversation, or send less."
+            )
+        ticket.grow(2 * len(chat_body))  # the body sent, and the conversation kept to store
         return chat_request(
             chat_body,
             headers,
@@ -148,7 +169,29 @@ async def _parse(body: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(found, dict):
         raise BadRequest("The request body must be a JSON object.")
+    if _too_deep(found):
+        raise BadRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.")
     return found
+
+
+def _too_deep(value: object) -> bool:
+    """Deeper than MAX_DEPTH: more than the gateway's JSON writer takes back (254), and more
+    than any tool schema needs."""
+    todo: list[tuple[object, int]] = [(value, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(node, dict):
+            todo.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            todo.extend((child, depth + 1) for child in node)
+    return False
+
+
+def _items(request: dict[str, Any]) -> int:
+    given = request.get("input")
+    return len(given) if isinstance(given, list) else 1
 
 
 async def _history(runtime: Runtime, tenant: Tenant, wanted: object) -> list[dict[str, Any]] | None:
@@ -167,9 +210,7 @@ async def _history(runtime: Runtime, tenant: Tenant, wanted: object) -> list[dic
 
 
 def _sane(response_id: str) -> bool:
-    return (
-        0 < len(response_id) <= MAX_ID_CHARS and response_id.isascii() and response_id.isprintable()
-    )
+    return bool(RESPONSE_ID.fullmatch(response_id))
 
 
 @router.get("/v1/responses/{response_id}", response_model=StoredResponse, responses=errors(404))
@@ -193,5 +234,7 @@ async def delete_response(
 
 
 def _not_found(response_id: str) -> NotFound:
-    shown = response_id[:MAX_ID_CHARS] if _sane(response_id) else "given"
-    return NotFound(f"No response found with id {shown!r}.", param="response_id")
+    shown = repr(response_id) if _sane(response_id) else "given"
+    return NotFound(
+        f"No response found with id {shown}.", param="response_id", code="response_not_found"
+    )

@@ -127,6 +127,9 @@ class _Walker:
             return {}
         if not isinstance(schema, dict):
             raise SchemaError(f"not a schema: {schema!r:.60}")
+        self.nodes += 1  # an `allOf` of `$ref`s doubling at each level costs as many values
+        if self.nodes > MAX_NODES:
+            raise SchemaError(f"the schema needs more than {MAX_NODES} values")
         hops = 0
         while "$ref" in schema:
             hops += 1

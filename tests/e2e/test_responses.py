@@ -195,3 +195,53 @@ def test_what_cannot_be_translated_is_refused_naming_the_field(
         client(gateway).responses.create(model=LLAMA, input="hi", **{field: value})
     assert refused.value.body["param"] == param  # type: ignore[index]
     assert refused.value.status_code == 400 and seen(fake) == []
+
+
+def test_a_body_nested_too_deep_is_a_400_before_upstream(gateway: Proc, fake: Proc) -> None:
+    deep: Any = {"type": "object"}
+    for _ in range(300):
+        deep = {"type": "object", "properties": {"x": deep}}
+    tool = {"type": "function", "name": "f", "parameters": deep}
+    r = httpx.post(
+        gateway.url + "/v1/responses",
+        json={"model": LLAMA, "input": "hi", "tools": [tool]},
+        headers={"Authorization": f"Bearer {SEARCH_KEY}"},
+    )
+    assert r.status_code == 400 and "nested" in r.json()["error"]["message"]
+    assert seen(fake) == []
+
+
+def test_a_conversation_is_bounded_in_items_and_bytes(gateway: Proc, fake: Proc) -> None:
+    c = client(gateway)
+    with pytest.raises(openai.BadRequestError) as many:
+        c.responses.create(model=LLAMA, input=[{"role": "user", "content": "x"}] * 10_001)
+    assert many.value.body["param"] == "input"  # type: ignore[index]
+    missing = "resp_" + "0" * 48
+    with pytest.raises(openai.NotFoundError) as unknown:
+        c.responses.retrieve(missing)
+    assert unknown.value.code == "response_not_found"
+    assert seen(fake) == []
+
+
+def test_a_cut_stream_is_charged_its_estimated_tokens(gateway: Proc, fake: Proc) -> None:
+    def estimated() -> int:
+        r = httpx.get(gateway.url + "/v1/usage", headers={"Authorization": f"Bearer {SEARCH_KEY}"})
+        return int(r.json()["models"].get(LLAMA, {}).get("estimated_tokens", 0))
+
+    before = estimated()
+    faults(fake, {"kind": "cut", "after": 3})
+    list(client(gateway).responses.create(model=LLAMA, input="cut me again", stream=True))
+    assert estimated() - before >= 3  # the 3 chunks relayed, and the prompt's estimate
+
+
+def test_a_stored_conversation_counts_toward_the_body_bound(fake: Proc) -> None:
+    small = start_gateway(base_config(fake.url, server__max_body_bytes=4096))
+    try:
+        c = client(small)
+        first = c.responses.create(model=LLAMA, input="word " * 500)  # 2.5 KB: under the bound
+        with pytest.raises(openai.APIStatusError) as refused:
+            c.responses.create(model=LLAMA, input="more " * 400, previous_response_id=first.id)
+        assert refused.value.status_code == 413
+        assert "stored conversation" in refused.value.message
+    finally:
+        small.stop()
