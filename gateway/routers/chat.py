@@ -11,6 +11,7 @@ exchange to the proxy, and settles what came back. Whatever the client sees is w
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
@@ -27,70 +28,77 @@ from gateway.runtime import Runtime
 PATH = "/v1/chat/completions"
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
-# This path is dispatched before FastAPI (see app.py), so its entry in /openapi.json is written
-# here. The body is OpenAI's; the gateway reads only the fields named, and passes the rest on.
-OPENAPI = {
-    "post": {
-        "tags": ["openai"],
-        "summary": "Chat completions (OpenAI's API), streamed with `stream: true`",
-        "operationId": "create_chat_completion",
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["model", "messages"],
-                        "properties": {
-                            "model": {"type": "string"},
-                            "messages": {"type": "array", "items": {"type": "object"}},
-                            "stream": {"type": "boolean"},
-                            "stream_options": {"type": "object"},
-                        },
-                        "additionalProperties": True,
-                    }
-                }
-            },
-        },
-        "responses": {
-            "200": {
-                "description": "A chat completion, or its SSE stream",
-                "headers": {
-                    **{
-                        name: {"schema": {"type": "integer"}}
-                        for name in (
-                            "x-gateway-queue-ms",
-                            "x-ratelimit-limit-requests",
-                            "x-ratelimit-remaining-requests",
-                        )
-                    },
-                    "x-gateway-cost-usd": {
-                        "description": "what the answer cost, added to the tenant's spend "
-                        "(whole answers of priced models)",
-                        "schema": {"type": "string", "pattern": r"^\d+\.\d+$"},
-                    },
+
+
+def openapi_post(
+    operation: str, summary: str, body: dict[str, Any], ok: dict[str, Any], errors: dict[int, str]
+) -> dict[str, Any]:
+    """The /openapi.json entry of a path dispatched before FastAPI (see app.py)."""
+    return {
+        "post": {
+            "tags": ["openai"],
+            "summary": summary,
+            "operationId": operation,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": ok,
+                **{
+                    str(status): {"description": what, "content": _ERROR}
+                    for status, what in errors.items()
                 },
-                "content": {"application/json": {}, "text/event-stream": {}},
             },
+        }
+    }
+
+
+# The body is OpenAI's; the gateway reads only the fields named, and passes the rest on.
+OPENAPI = openapi_post(
+    "create_chat_completion",
+    "Chat completions (OpenAI's API), streamed with `stream: true`",
+    {
+        "type": "object",
+        "required": ["model", "messages"],
+        "properties": {
+            "model": {"type": "string"},
+            "messages": {"type": "array", "items": {"type": "object"}},
+            "stream": {"type": "boolean"},
+            "stream_options": {"type": "object"},
+        },
+        "additionalProperties": True,
+    },
+    {
+        "description": "A chat completion, or its SSE stream",
+        "headers": {
             **{
-                str(status): {"description": what, "content": _ERROR}
-                for status, what in (
-                    (400, "the body or a field is invalid"),
-                    (401, "no gateway key, or an unknown one"),
-                    (403, "a project or model the tenant may not use"),
-                    (404, "a model the tenant may not use, or unknown upstream"),
-                    (405, "another method than POST"),
-                    (413, "the body is over server.max_body_bytes"),
-                    (415, "a Content-Encoding other than identity"),
-                    (429, "no slot in time, the tenant's max_queue, W&B's limit, quota, budget"),
-                    (502, "W&B failed, refused the gateway's key, or cannot be reached"),
-                    (503, "shutting down, too many request bodies held, or W&B overloaded"),
-                    (504, "W&B was silent for upstream.read_timeout_s"),
+                name: {"schema": {"type": "integer"}}
+                for name in (
+                    "x-gateway-queue-ms",
+                    "x-ratelimit-limit-requests",
+                    "x-ratelimit-remaining-requests",
                 )
             },
+            "x-gateway-cost-usd": {
+                "description": "what the answer cost, added to the tenant's spend "
+                "(whole answers of priced models)",
+                "schema": {"type": "string", "pattern": r"^\d+\.\d+$"},
+            },
         },
-    }
-}
+        "content": {"application/json": {}, "text/event-stream": {}},
+    },
+    {
+        400: "the body or a field is invalid",
+        401: "no gateway key, or an unknown one",
+        403: "a project or model the tenant may not use",
+        404: "a model the tenant may not use, or unknown upstream",
+        405: "another method than POST",
+        413: "the body is over server.max_body_bytes",
+        415: "a Content-Encoding other than identity",
+        429: "no slot in time, the tenant's max_queue, W&B's limit, quota, budget",
+        502: "W&B failed, refused the gateway's key, or cannot be reached",
+        503: "shutting down, too many request bodies held, or W&B overloaded",
+        504: "W&B was silent for upstream.read_timeout_s",
+    },
+)
 
 
 class ChatCompletions:
@@ -143,18 +151,29 @@ class ChatCompletions:
     ) -> Call:
         """The request as the `Call` the proxy runs, or the GatewayError refusing it; what it
         holds beyond the body it read goes on `ticket`."""
-        assert record.tenant is not None and record.settings is not None
-        return chat_request(
-            body,
-            headers,
-            record.tenant,
-            record.settings,
-            request_id=record.request_id,
-            key_id=record.key_id or "-",
-            start=start,
-            label=runtime.catalog.label,
-            parsed=await read_body(runtime, body),
-        )
+        return await chat_call(runtime, body, headers, record, start)
+
+
+async def chat_call(
+    runtime: Runtime,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    record: RequestRecord,
+    start: float,
+) -> Call:
+    """`chat_request` for a chat completions body, its top level read off the event loop."""
+    assert record.tenant is not None and record.settings is not None
+    return chat_request(
+        body,
+        headers,
+        record.tenant,
+        record.settings,
+        request_id=record.request_id,
+        key_id=record.key_id or "-",
+        start=start,
+        label=runtime.catalog.label,
+        parsed=await read_body(runtime, body),
+    )
 
 
 async def read_body(runtime: Runtime, body: bytes) -> ChatBody:

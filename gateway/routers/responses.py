@@ -24,7 +24,6 @@ from starlette.types import Receive, Send
 
 from gateway.admission import Ticket
 from gateway.chat_body import OFFLOAD_BYTES
-from gateway.chat_request import chat_request
 from gateway.config import Tenant
 from gateway.errors import BadRequest, GatewayError, NotFound, PayloadTooLarge
 from gateway.exchange import Call
@@ -33,7 +32,7 @@ from gateway.response_store import RESPONSE_ID
 from gateway.response_writer import ResponsesResponder
 from gateway.responses import Responder
 from gateway.responses_api import to_chat
-from gateway.routers.chat import ChatCompletions, read_body
+from gateway.routers.chat import ChatCompletions, chat_call, openapi_post, read_body
 from gateway.routers.deps import RuntimeDep, TenantDep
 from gateway.routers.schemas import DeletedResponse, StoredResponse, errors
 from gateway.runtime import Runtime
@@ -47,51 +46,36 @@ MAX_MESSAGES = 10_000  # input items plus the stored conversation's messages
 
 router = APIRouter(tags=["openai"], responses=errors(401, 503))
 
-_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
 # Dispatched before FastAPI, as chat is (see app.py): its entry in /openapi.json is written here.
-OPENAPI = {
-    "post": {
-        "tags": ["openai"],
-        "summary": "Responses (OpenAI's API), over W&B's chat completions; `stream: true` too",
-        "operationId": "create_response",
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["model"],
-                        "properties": {
-                            "model": {"type": "string"},
-                            "input": {"oneOf": [{"type": "string"}, {"type": "array"}]},
-                            "instructions": {"type": "string"},
-                            "previous_response_id": {"type": "string"},
-                            "store": {"type": "boolean"},
-                            "stream": {"type": "boolean"},
-                            "tools": {"type": "array", "items": {"type": "object"}},
-                        },
-                        "additionalProperties": True,
-                    }
-                }
-            },
+OPENAPI = openapi_post(
+    "create_response",
+    "Responses (OpenAI's API), over W&B's chat completions; `stream: true` too",
+    {
+        "type": "object",
+        "required": ["model"],
+        "properties": {
+            "model": {"type": "string"},
+            "input": {"oneOf": [{"type": "string"}, {"type": "array"}]},
+            "instructions": {"type": "string"},
+            "previous_response_id": {"type": "string"},
+            "store": {"type": "boolean"},
+            "stream": {"type": "boolean"},
+            "tools": {"type": "array", "items": {"type": "object"}},
         },
-        "responses": {
-            "200": {
-                "description": "A response object, or its SSE event stream",
-                "content": {"application/json": {}, "text/event-stream": {}},
-            },
-            **{
-                str(status): {"description": what, "content": _ERROR}
-                for status, what in (
-                    (400, "a field the gateway cannot translate or take (`param` names it)"),
-                    (404, "a model the tenant may not use, or an unknown previous_response_id"),
-                    (429, "no slot in time, the tenant's max_queue, W&B's limit, quota, budget"),
-                    (502, "W&B failed, refused the gateway's key, or cannot be reached"),
-                )
-            },
-        },
-    }
-}
+        "additionalProperties": True,
+    },
+    {
+        "description": "A response object, or its SSE event stream",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    },
+    {
+        400: "a field the gateway cannot translate or take (`param` names it)",
+        404: "a model the tenant may not use, or an unknown previous_response_id",
+        413: "the body, with its stored conversation, is over server.max_body_bytes",
+        429: "no slot in time, the tenant's max_queue, W&B's limit, quota, budget",
+        502: "W&B failed, refused the gateway's key, or cannot be reached",
+    },
+)
 
 
 class ResponsesCreate(ChatCompletions):
@@ -144,17 +128,7 @@ class ResponsesCreate(ChatCompletions):
                 "conversation, or send less."
             )
         ticket.grow(2 * len(chat_body))  # the body sent, and the conversation kept to store
-        return chat_request(
-            chat_body,
-            headers,
-            tenant,
-            settings,
-            request_id=record.request_id,
-            key_id=record.key_id or "-",
-            start=start,
-            label=runtime.catalog.label,
-            parsed=await read_body(runtime, chat_body),
-        )
+        return await chat_call(runtime, chat_body, headers, record, start)
 
 
 async def _parse(body: bytes) -> dict[str, Any]:

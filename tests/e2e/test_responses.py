@@ -245,3 +245,24 @@ def test_a_stored_conversation_counts_toward_the_body_bound(fake: Proc) -> None:
         assert "stored conversation" in refused.value.message
     finally:
         small.stop()
+
+
+def test_a_thinking_model_s_keep_alives_reach_the_sdk_as_nothing(fake: Proc) -> None:
+    warm = start_gateway(base_config(fake.url, upstream__sse_keepalive_s=0.2))
+    try:
+        faults(fake, {"kind": "think", "seconds": 0.7})
+        with httpx.stream(
+            "POST",
+            warm.url + "/v1/responses",
+            json={"model": LLAMA, "input": "think first", "stream": True},
+            headers={"Authorization": f"Bearer {SEARCH_KEY}"},
+            timeout=10,
+        ) as r:
+            raw = b"".join(r.iter_bytes())
+        assert raw.count(b": keep-alive") >= 2  # while W&B thought, before any event of text
+        assert raw.index(b"response.created") < raw.index(b": keep-alive")
+        final = client(warm).responses.create(model=LLAMA, input="after", stream=False)
+        assert final.status == "completed"
+        assert b"response.completed" in raw and raw.count(b"response.output_text.delta") == 16
+    finally:
+        warm.stop()
