@@ -139,8 +139,11 @@ def render_item(item: Item) -> JSON:
     }
 
 
-def from_completion(chat: Mapping[str, Any], response_id: str) -> Answer:
-    """A whole chat completion's first choice as an answer, its items settled."""
+def from_completion(
+    chat: Mapping[str, Any], response_id: str, taken: set[str] | None = None
+) -> Answer:
+    """A whole chat completion's first choice as an answer, its items settled; `taken` are the
+    tool call ids the conversation used already (a server with per-turn ids repeats them)."""
     choices = chat.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else {}
     choice = choice if isinstance(choice, dict) else {}
@@ -155,7 +158,7 @@ def from_completion(chat: Mapping[str, Any], response_id: str) -> Answer:
     parts = [Part(kind, text) for kind, text in _texts(message) if text]
     if parts:
         items.append(Message(item_id("msg", response_id, len(items)), parts))
-    used: set[str] = set()
+    used: set[str] = set(taken or ())
     calls = message.get("tool_calls")
     for call in calls if isinstance(calls, list) else ():
         call = call if isinstance(call, dict) else {}

@@ -23,7 +23,7 @@ from typing import Any
 from gateway.errors import GatewayError
 from gateway.responses_api.answer import Answer, from_completion, render_item
 from gateway.responses_api.checks import JSON
-from gateway.responses_api.items import input_messages
+from gateway.responses_api.items import history_calls, input_messages
 from gateway.responses_api.plan import ChatPlan
 
 _ERROR_CODES = frozenset(
@@ -92,7 +92,7 @@ def from_chat(
     completed_at: int | None = None,
 ) -> JSON:
     """A whole chat completion (the parsed body) as the response object."""
-    answer = from_completion(chat, response_id)
+    answer = from_completion(chat, response_id, history_calls(plan.messages))
     return build(
         plan, answer, response_id=response_id, created_at=created_at, completed_at=completed_at
     )

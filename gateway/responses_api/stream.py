@@ -49,6 +49,7 @@ from gateway.responses_api.answer import (
     render_part,
 )
 from gateway.responses_api.checks import JSON
+from gateway.responses_api.items import history_calls
 from gateway.responses_api.plan import ChatPlan
 from gateway.responses_api.response import assistant_messages, build, failed_response
 
@@ -81,7 +82,7 @@ class StreamTranslator:
         self._started = False
         self._text: Reasoning | Message | None = None  # the reasoning or message item open
         self._calls: dict[int, _Call] = {}
-        self._call_ids: set[str] = set()
+        self._call_ids: set[str] = history_calls(plan.messages)  # ids the conversation used
         self._indexes: dict[str, int] = {}
         self.response: JSON | None = None  # the final response object, once ended
 

@@ -8,15 +8,24 @@ from typing import Any
 import pytest
 
 from gateway.errors import BudgetExceeded, StreamInterrupted, UpstreamTimeout
-from gateway.responses_api import assistant_messages, failed_response, response_error, to_chat
+from gateway.responses_api import (
+    assistant_messages,
+    failed_response,
+    from_chat,
+    response_error,
+    to_chat,
+)
 from tests.unit.responses_helpers import (
     CREATED,
     MODEL,
     RID,
     WEATHER,
+    call_chunk,
     calls_with_type,
+    chunk,
     completion,
     respond,
+    run,
     tool_call,
     valid,
 )
@@ -208,3 +217,29 @@ def test_an_error_keeps_its_message_type_and_param() -> None:
         "param": None,
         "type": "insufficient_quota",
     }
+
+
+def test_a_tool_call_id_the_conversation_used_already_is_replaced() -> None:
+    """Servers with per-turn ids (`functions.get_weather:0`) repeat them turn after turn: the
+    second call gets an id of its own, so its output cannot be matched to the first one."""
+    reused = "functions.get_weather:0"
+    history = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": calls_with_type([tool_call(reused, "get_weather", '{"city": "Oslo"}')]),
+        },
+        {"role": "tool", "tool_call_id": reused, "content": "Snow"},
+    ]
+    plan = to_chat({"model": MODEL, "input": "And in Rome?"}, history)
+    again = completion(
+        None, finish="tool_calls", tool_calls=[tool_call(reused, "get_weather", "{}")]
+    )
+    whole = from_chat(plan, again, response_id=RID, created_at=CREATED)
+    [call] = [item for item in whole["output"] if item["type"] == "function_call"]
+    assert call["call_id"] != reused
+    _, translator = run(plan, [call_chunk(0, "{}", reused, "get_weather"), chunk("tool_calls")])
+    assert translator.response is not None
+    [streamed] = [i for i in translator.response["output"] if i["type"] == "function_call"]
+    assert streamed["call_id"] == call["call_id"]  # the same replacement, streamed or not
