@@ -268,14 +268,10 @@ def _admin(args: argparse.Namespace) -> Admin:
 
 def _expiry(args: argparse.Namespace) -> dict[str, Any]:
     if args.expires_in is not None:
-        return {"expires_in_s": _seconds(args.expires_in)}
+        return {"expires_in_s": args.expires_in}
     if args.expires_at is not None:
         return {"expires_at": args.expires_at}
     return {}
-
-
-def _seconds(value: float) -> int | float:
-    return int(value) if value.is_integer() else value
 
 
 def _id_path(key_id: str) -> str:
@@ -291,7 +287,7 @@ def cmd_create(admin: Admin, args: argparse.Namespace) -> None:
 def cmd_rotate(admin: Admin, args: argparse.Namespace) -> None:
     body = _expiry(args)
     if args.grace is not None:
-        body["grace_s"] = _seconds(args.grace)
+        body["grace_s"] = args.grace
     answer = admin.call("POST", _id_path(args.id) + "/rotate", body)
     _render(admin, args, answer, _print_new_key)
 

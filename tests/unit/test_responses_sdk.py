@@ -25,24 +25,12 @@ from gateway.responses_api import (
 from tests.unit.responses_helpers import (
     CREATED,
     MODEL,
+    WEATHER,
     check_events,
     completion,
     tool_call,
     usage_chunk,
 )
-
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather in a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-    "strict": True,
-}
 
 
 class Weather(BaseModel):
@@ -178,12 +166,12 @@ def test_parse_structured_output(client: openai.OpenAI, route: Route) -> None:
 
 
 def test_function_calling_by_previous_response_id(client: openai.OpenAI, route: Route) -> None:
-    first = client.responses.create(model=MODEL, input="Weather in Paris?", tools=[WEATHER_TOOL])
+    first = client.responses.create(model=MODEL, input="Weather in Paris?", tools=[WEATHER])
     [call] = [item for item in first.output if item.type == "function_call"]
     assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
     output: Any = {"type": "function_call_output", "call_id": call.call_id, "output": "21 degrees"}
     second = client.responses.create(
-        model=MODEL, input=[output], tools=[WEATHER_TOOL], previous_response_id=first.id
+        model=MODEL, input=[output], tools=[WEATHER], previous_response_id=first.id
     )
     assert second.output_text == "It is 21 degrees."
     assert second.previous_response_id == first.id
@@ -193,13 +181,11 @@ def test_function_calling_by_previous_response_id(client: openai.OpenAI, route: 
 
 def test_function_calling_by_items(client: openai.OpenAI, route: Route) -> None:
     question: Any = {"role": "user", "content": "Weather in Paris?"}
-    first = client.responses.create(
-        model=MODEL, input=[question], tools=[WEATHER_TOOL], store=False
-    )
+    first = client.responses.create(model=MODEL, input=[question], tools=[WEATHER], store=False)
     [call] = [item for item in first.output if item.type == "function_call"]
     output: Any = {"type": "function_call_output", "call_id": call.call_id, "output": "21 degrees"}
     given = [question, *first.output, output]
-    second = client.responses.create(model=MODEL, input=given, tools=[WEATHER_TOOL])
+    second = client.responses.create(model=MODEL, input=given, tools=[WEATHER])
     assert second.output_text == "It is 21 degrees."
     assert route.stored.keys() == {"resp_2"}
     by_id = to_chat(
@@ -218,14 +204,14 @@ def test_stream_text_to_its_final_response(client: openai.OpenAI) -> None:
 
 
 def test_stream_a_tool_call_and_its_answer(client: openai.OpenAI) -> None:
-    with client.responses.stream(model=MODEL, input="Weather?", tools=[WEATHER_TOOL]) as stream:
+    with client.responses.stream(model=MODEL, input="Weather?", tools=[WEATHER]) as stream:
         final = stream.get_final_response()
     assert [item.type for item in final.output] == ["reasoning", "function_call"]
     call = final.output[1]
     assert call.parsed_arguments == {"city": "Paris"}
     output: Any = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}
     with client.responses.stream(
-        model=MODEL, input=[output], tools=[WEATHER_TOOL], previous_response_id=final.id
+        model=MODEL, input=[output], tools=[WEATHER], previous_response_id=final.id
     ) as stream:
         assert stream.get_final_response().output_text == "It is sunny."
 
