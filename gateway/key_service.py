@@ -129,7 +129,12 @@ class Keys:
             raise
 
     async def last_used(self) -> dict[str, float]:
-        used = await self.store.last_used()
+        """As the store has them, with this process's not written yet; only this process's
+        while the store cannot be read (a listing is better than a 503)."""
+        try:
+            used = await self.store.last_used()
+        except KeyStoreError:
+            used = {}
         merge_used(used, self.used)
         return used
 

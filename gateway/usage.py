@@ -166,6 +166,11 @@ def usage_by_model(row: dict[str, float]) -> dict[str, dict[str, float]]:
 _KEY_KINDS = {"prompt": "prompt_tokens", "completion": "completion_tokens", "requests": "requests"}
 
 
+def empty_key_usage() -> dict[str, float]:
+    """A key's figures before it made a request."""
+    return dict.fromkeys(_KEY_KINDS.values(), 0) | {"spend_usd": 0.0}
+
+
 def usage_by_key(row: dict[str, float]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for field, value in row.items():
@@ -173,7 +178,7 @@ def usage_by_key(row: dict[str, float]) -> dict[str, dict[str, float]]:
         key_id, _, kind = rest.rpartition("|")
         if tag != "key" or not key_id or (kind != "usd" and kind not in _KEY_KINDS):
             continue
-        entry = out.setdefault(key_id, dict.fromkeys(_KEY_KINDS.values(), 0) | {"spend_usd": 0.0})
+        entry = out.setdefault(key_id, empty_key_usage())
         if kind == "usd":
             entry["spend_usd"] = float(value)
         else:

@@ -40,7 +40,7 @@ from gateway.routers.schemas import (
     json_body,
 )
 from gateway.runtime import Runtime
-from gateway.usage import month
+from gateway.usage import empty_key_usage, month
 
 audit = logging.getLogger(AUDIT_LOGGER)
 T = TypeVar("T")
@@ -81,7 +81,7 @@ async def list_keys(
     held = tenant in ring.settings.tenants or any(r.tenant == tenant for r in ring.records.values())
     if tenant is not None and not held:
         raise _unknown_tenant(runtime, tenant)
-    used = await _last_used(runtime)
+    used = await runtime.keys.last_used()
     api = sorted(ring.records.values(), key=lambda r: -r.created_at)
     data = [_api_info(r, used) for r in api if tenant in (None, r.tenant)]
     data += [
@@ -97,7 +97,7 @@ async def get_key(key_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     """One key, with what it spent this month."""
     await _fresh(runtime)
     ring = runtime.keys.ring
-    used = await _last_used(runtime)
+    used = await runtime.keys.last_used()
     record = ring.records.get(key_id)
     if record is not None:
         info, tenant = _api_info(record, used), record.tenant
@@ -107,14 +107,13 @@ async def get_key(key_id: str, runtime: RuntimeDep) -> dict[str, Any]:
         raise not_found(key_id)
     of = month()
     spent = (await runtime.usage.by_key(tenant, of)).get(key_id, {})
-    empty = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "spend_usd": 0.0}
-    return {**info, "usage": {"month": of, **empty, **spent}}
+    return {**info, "usage": {"month": of, **empty_key_usage(), **spent}}
 
 
 @router.delete("/admin/keys/{key_id}", response_model=RevokedKey, responses=errors(404))
 async def revoke_key(key_id: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """Refused from now on, on every replica within seconds."""
-    _api_key_id(runtime, key_id)
+    _api_key_id(key_id)
     record = await _store(runtime.keys.revoke(key_id))
     _audit(request, runtime, "revoke", record)
     return {"object": "gateway.key", "id": key_id, "revoked": True, "revoked_at": _at(record)}
@@ -130,7 +129,7 @@ async def revoke_key(key_id: str, request: Request, runtime: RuntimeDep) -> dict
 async def rotate_key(key_id: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """A new key for the same tenant and name; the old one works `grace_s` more (default 0).
     The new key lives as long as the old one did, unless `expires_at`/`expires_in_s` say."""
-    _api_key_id(runtime, key_id)
+    _api_key_id(key_id)
     body = await read.read_object(request, ROTATE_FIELDS, required=False)
     grace_s = read.grace(body)
     explicit = "expires_at" in body or "expires_in_s" in body
@@ -155,13 +154,6 @@ async def _fresh(runtime: Runtime) -> None:
         await runtime.keys.refresh()
 
 
-async def _last_used(runtime: Runtime) -> dict[str, float]:
-    try:
-        return await runtime.keys.last_used()
-    except KeyStoreError:
-        return dict(runtime.keys.used)
-
-
 def _unavailable(exc: KeyStoreError) -> Unavailable:
     return Unavailable(
         f"The key store cannot be reached ({exc}): the change may not have been made; "
@@ -170,7 +162,7 @@ def _unavailable(exc: KeyStoreError) -> Unavailable:
     )
 
 
-def _api_key_id(runtime: Runtime, key_id: str) -> None:
+def _api_key_id(key_id: str) -> None:
     """Refuse a config key, which only the config can change; an unknown id is the store's
     404 (it may be younger than this replica's view)."""
     if not KEY_ID_RE.fullmatch(key_id):

@@ -40,7 +40,6 @@ from gateway.runtime import Runtime
 logger = logging.getLogger(__name__)
 
 PATH = "/v1/responses"
-MAX_ID_CHARS = 128
 MAX_DEPTH = 64
 MAX_MESSAGES = 10_000  # input items plus the stored conversation's messages
 
@@ -172,10 +171,10 @@ async def _history(runtime: Runtime, tenant: Tenant, wanted: object) -> list[dic
     """The stored conversation `previous_response_id` names (to_chat checks a wrong type)."""
     if not isinstance(wanted, str):
         return None
-    entry = await runtime.responses.get(tenant.name, wanted) if _sane(wanted) else None
+    entry = await runtime.responses.get(tenant.name, wanted)
     if entry is None:
         raise NotFound(
-            f"Previous response with id {wanted[:MAX_ID_CHARS]!r} not found.",
+            f"Previous response with id {_shown(wanted)} not found.",
             param="previous_response_id",
             code="previous_response_not_found",
         )
@@ -183,14 +182,15 @@ async def _history(runtime: Runtime, tenant: Tenant, wanted: object) -> list[dic
     return conversation
 
 
-def _sane(response_id: str) -> bool:
-    return bool(RESPONSE_ID.fullmatch(response_id))
+def _shown(response_id: str) -> str:
+    """The id for a message: one of the gateway's shape as it is, any other not at all."""
+    return repr(response_id) if RESPONSE_ID.fullmatch(response_id) else "given"
 
 
 @router.get("/v1/responses/{response_id}", response_model=StoredResponse, responses=errors(404))
 async def get_response(response_id: str, runtime: RuntimeDep, tenant: TenantDep) -> dict[str, Any]:
     """A response stored by `POST /v1/responses` (`store: true`), as it was answered."""
-    entry = await runtime.responses.get(tenant.name, response_id) if _sane(response_id) else None
+    entry = await runtime.responses.get(tenant.name, response_id)
     if entry is None:
         raise _not_found(response_id)
     response: dict[str, Any] = entry["response"]
@@ -202,13 +202,14 @@ async def delete_response(
     response_id: str, runtime: RuntimeDep, tenant: TenantDep
 ) -> dict[str, Any]:
     """Forget a stored response: it can no longer be read or continued."""
-    if not (_sane(response_id) and await runtime.responses.delete(tenant.name, response_id)):
+    if not await runtime.responses.delete(tenant.name, response_id):
         raise _not_found(response_id)
     return {"id": response_id, "object": "response", "deleted": True}
 
 
 def _not_found(response_id: str) -> NotFound:
-    shown = repr(response_id) if _sane(response_id) else "given"
     return NotFound(
-        f"No response found with id {shown}.", param="response_id", code="response_not_found"
+        f"No response found with id {_shown(response_id)}.",
+        param="response_id",
+        code="response_not_found",
     )
