@@ -12,6 +12,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from gateway.chat_body import estimate_prompt_tokens
 from tests.e2e.helpers import client, faults, seen
 from tests.procs import ADS_KEY, LLAMA, SEARCH_KEY, Proc, base_config, start_gateway
 
@@ -211,7 +212,9 @@ def test_a_body_nested_too_deep_is_a_400_before_upstream(gateway: Proc, fake: Pr
     assert seen(fake) == []
 
 
-def test_a_conversation_is_bounded_in_items_and_bytes(gateway: Proc, fake: Proc) -> None:
+def test_a_conversation_is_bounded_in_items_and_an_unknown_id_is_a_404(
+    gateway: Proc, fake: Proc
+) -> None:
     c = client(gateway)
     with pytest.raises(openai.BadRequestError) as many:
         c.responses.create(model=LLAMA, input=[{"role": "user", "content": "x"}] * 10_001)
@@ -231,7 +234,8 @@ def test_a_cut_stream_is_charged_its_estimated_tokens(gateway: Proc, fake: Proc)
     before = estimated()
     faults(fake, {"kind": "cut", "after": 3})
     list(client(gateway).responses.create(model=LLAMA, input="cut me again", stream=True))
-    assert estimated() - before >= 3  # the 3 chunks relayed, and the prompt's estimate
+    prompt = estimate_prompt_tokens([{"role": "user", "content": "cut me again"}])
+    assert estimated() - before == prompt + 3  # the prompt's estimate and the 3 chunks relayed
 
 
 def test_a_stored_conversation_counts_toward_the_body_bound(fake: Proc) -> None:
