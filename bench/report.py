@@ -19,6 +19,7 @@ TARGET_NAMES = {
     "bare": "bare-passthru",
     "memory": "gateway-memory",
     "redis": "gateway-redis",
+    "traced": "gateway-traced",
 }
 
 
@@ -95,14 +96,15 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def compare(rows: list[Row]) -> None:
-    """Fill each gateway row's `vs_direct` (and a redis row's `vs_memory`)."""
+    """Fill each gateway row's `vs_direct` (and a redis or traced row's `vs_memory`)."""
     index = {(r.target, r.mode, r.conns): r for r in rows if r.error is None}
     for row in rows:
         if row.target == "direct" or row.error is not None:
             continue
         for base_name, attr in (("direct", "vs_direct"), ("memory", "vs_memory")):
             base = index.get((base_name, row.mode, row.conns))
-            if base is None or base is row or (attr == "vs_memory" and row.target != "redis"):
+            against_memory = row.target in ("redis", "traced")
+            if base is None or base is row or (attr == "vs_memory" and not against_memory):
                 continue
             setattr(
                 row,
@@ -346,7 +348,26 @@ def goals(rows: list[Row], idle_rss_mib: dict[str, float], chunks: int) -> list[
                 " MiB",
             ),
         ]
-    return found
+    return found + _tracing_goals(rows)
+
+
+TRACED_CPU = 1.15  # issue #15: tracing every request adds at most 15% CPU a request
+
+
+def _tracing_goals(rows: list[Row]) -> list[Goal]:
+    """gateway-traced against gateway-memory, the same gateway without tracing, same run."""
+    cpu = {(r.target, r.mode): r.cpu_ms_per_req for r in rows if r.ok and r.conns == 64}
+    if not any(target == "traced" for target, _ in cpu):
+        return []
+    return [
+        Goal(
+            f"gateway-traced: CPU per {mode} request / gateway-memory's (64 conns)",
+            _over(cpu.get(("traced", mode)), cpu.get(("memory", mode))),
+            TRACED_CPU,
+            "x",
+        )
+        for mode in ("plain", "stream")
+    ]
 
 
 def _over(a: float | None, b: float | None) -> float | None:

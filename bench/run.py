@@ -56,7 +56,7 @@ from processes import (
     rss_mib,
 )
 
-TARGETS = ("direct", "bare", "memory", "redis")
+TARGETS = ("direct", "bare", "memory", "redis", "traced")
 MODES = ("plain", "stream")
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 
@@ -98,7 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="add 0..J ms (uniform) to each upstream delay; 0 (the default) moves in waves",
     )
     parser.add_argument(
-        "--only", type=_list(str, TARGETS), default=list(TARGETS), help="direct,bare,memory,redis"
+        "--only",
+        type=_list(str, TARGETS),
+        default=list(TARGETS),
+        help="direct,bare,memory,redis,traced",
     )
     parser.add_argument("--modes", type=_list(str, MODES), default=list(MODES), help="plain,stream")
     parser.add_argument(
@@ -267,7 +270,8 @@ def start_target(
     if name == "bare":
         return stack.start_bare(children, pinning, upstream)
     redis_url = stack.start_redis(children, pinning, redis_server) if name == "redis" else None
-    return stack.start_gateway(children, pinning, upstream, name, redis_url)
+    tracing_url = stack.start_otlp_sink(children, pinning) if name == "traced" else None
+    return stack.start_gateway(children, pinning, upstream, name, redis_url, tracing_url)
 
 
 def idle_cpu_pct(gateways: dict[str, stack.Target], seconds: float) -> dict[str, float]:

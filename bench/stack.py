@@ -3,7 +3,8 @@
 A gateway runs as a user would run it (`python -m gateway serve --config FILE`, one worker) with
 every feature on: key auth, the limiter (an account and a tenant pool, both 1024 wide so nothing
 queues), metrics, spend accounting with a tenant budget (checked on every request) and the access
-log (written to a file).
+log (written to a file). `traced` is the memory gateway with tracing on as well (every request
+sampled, content capture off), exporting to a collector that keeps nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ CONCURRENCY = 1024
 class Target:
     """Something wrk can be pointed at: the upstream itself, or a gateway in front of it."""
 
-    name: str  # direct | bare | memory | redis
+    name: str  # direct | bare | memory | redis | traced
     port: int
     child: Child
     key: str  # what goes in Authorization
@@ -84,9 +85,18 @@ def start_redis(children: Children, pinning: Pinning, redis_server: str) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
+def start_otlp_sink(children: Children, pinning: Pinning) -> str:
+    """A collector that keeps nothing (bench/otlp_sink.py), on the load's cores; its URL."""
+    port = free_port()
+    args = [*pinning.prefix(pinning.load), sys.executable, str(BENCH / "otlp_sink.py")]
+    wait_port(children.spawn("otlp-sink", [*args, "--port", str(port)]), port)
+    return f"http://127.0.0.1:{port}/v1/traces"
+
+
 def gateway_config(
-    upstream_port: int, backend: str, key: str, redis_url: str | None
+    upstream_port: int, key: str, redis_url: str | None, tracing_url: str | None = None
 ) -> dict[str, Any]:
+    backend = "redis" if redis_url else "memory"
     limiter: dict[str, object] = {"backend": backend, "queue_timeout_s": 60}
     if redis_url:
         limiter["redis_url"] = redis_url
@@ -99,6 +109,7 @@ def gateway_config(
         },
         "limiter": limiter,
         "server": {"host": "127.0.0.1", "access_log": True},
+        "tracing": {"endpoint": tracing_url or "", "sample_ratio": 1.0},
         "accounts": {"bench": {"api_key": UPSTREAM_KEY, "max_concurrency": CONCURRENCY}},
         "tenants": {
             "bench": {
@@ -123,13 +134,15 @@ def start_gateway(
     children: Children,
     pinning: Pinning,
     upstream: Target,
-    backend: str,
+    name: str,
     redis_url: str | None = None,
+    tracing_url: str | None = None,
 ) -> Target:
+    """`name`: memory, redis (with `redis_url`) or traced (memory, spans to `tracing_url`)."""
     key = "sk-gw-bench-" + secrets.token_urlsafe(16)
-    config = children.workdir / f"gateway-{backend}.yaml"
-    # JSON is YAML: no YAML writer needed
-    config.write_text(json.dumps(gateway_config(upstream.port, backend, key, redis_url), indent=2))
+    config = children.workdir / f"gateway-{name}.yaml"
+    settings = gateway_config(upstream.port, key, redis_url, tracing_url)
+    config.write_text(json.dumps(settings, indent=2))  # JSON is YAML: no YAML writer needed
     port = free_port()
     args = [
         *pinning.prefix(pinning.gateway),
@@ -142,9 +155,9 @@ def start_gateway(
         "--port",
         str(port),
     ]
-    child = children.spawn(f"gateway-{backend}", args)
+    child = children.spawn(f"gateway-{name}", args)
     wait_http(child, f"http://127.0.0.1:{port}/readyz")
-    target = Target(backend, port, child, key)
+    target = Target(name, port, child, key)
     check(target)
     return target
 

@@ -36,8 +36,12 @@ from gateway.errors import BadRequest
 # Bodies at least this big are read in the child process; below it, on the loop (1.4 ms for
 # 240 KiB of messages, measured; the child's round trip adds about 3 ms of latency).
 OFFLOAD_BYTES = 256 * 1024
+SAMPLING: tuple[str, ...] = ("temperature", "top_p", "seed", "max_tokens")
+SAMPLING += ("max_completion_tokens", "frequency_penalty", "presence_penalty")
 
-_READ = frozenset({"model", "stream", "stream_options", "cache_salt"})
+# What the gateway reads of the top level: the first four for the request, the rest for its
+# trace span (they are parsed all the same; kept, they cost a dict entry).
+_READ = frozenset({"model", "stream", "stream_options", "cache_salt", *SAMPLING})
 # What a body may hold, counted by the characters that start or separate JSON values (in strings
 # too): a parser builds an object of 30 to 100 bytes for each, so 30 MiB of `[{},{},...]` took
 # 858 MiB. Prose has a comma in 50 characters, a base64 image none.
@@ -73,7 +77,7 @@ _DECODER = json.JSONDecoder(parse_constant=_constant)
 class ChatBody:
     """What the gateway reads of a body; spans are byte offsets `[start, end)` of the values."""
 
-    fields: dict[str, Any]  # model, stream, stream_options, cache_salt, as present
+    fields: dict[str, Any]  # model, stream, stream_options, cache_salt, SAMPLING, as present
     spans: dict[str, tuple[int, int]]  # model, stream_options, as present
     messages_is_list: bool | None  # None: no `messages` key
     prompt_tokens: int  # an estimate, for a stream cut before upstream's usage came

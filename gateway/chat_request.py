@@ -15,6 +15,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -25,6 +26,9 @@ from gateway.cost import priced
 from gateway.errors import BadRequest, ModelNotFound, PermissionDenied
 from gateway.exchange import Call
 from gateway.headers import upstream_headers
+
+if TYPE_CHECKING:
+    from gateway.tracing.notes import Trace
 
 _ASK_USAGE = b'"stream_options":{"include_usage":true},'
 _SALT_INFO = b"inference-gateway cache_salt\0"
@@ -41,12 +45,14 @@ def chat_request(
     start: float,
     label: Callable[[str], str],
     parsed: ChatBody | None = None,
+    trace: Trace | None = None,
 ) -> Call:
     """Check the request against the tenant's rights and build the upstream call.
 
     `settings` is the snapshot the request was authenticated under (a reload does not change a
     request under way); `label` bounds the model name for metrics (`Catalog.label`); `parsed`
-    is `chat_body.read(body)` when the caller read it already (off the loop, for a big body).
+    is `chat_body.read(body)` when the caller read it already (off the loop, for a big body);
+    `trace` is the request's span, when tracing is on.
     """
     if parsed is None:
         parsed = read(body)
@@ -71,7 +77,8 @@ def chat_request(
         changes.append((parsed.open_at, parsed.open_at, salt))
     if changes:
         body = splice(body, changes)
-    project = _project(headers, tenant)
+    project = request_project(headers, tenant)
+    traceparent = trace.traceparent if trace is not None else None
     return Call(
         request_id=request_id,
         tenant=tenant,
@@ -83,11 +90,15 @@ def chat_request(
         price=price,
         stream=stream,
         body=body,
-        headers=upstream_headers(headers, account, project, request_id, tenant.forward_headers),
+        headers=upstream_headers(
+            headers, account, project, request_id, tenant.forward_headers, traceparent
+        ),
         start=start,
         deadline=start + settings.limiter.queue_timeout_s,
         strip_usage=strip_usage,
         prompt_tokens=parsed.prompt_tokens,
+        read_fields=parsed.fields,
+        trace=trace,
     )
 
 
@@ -145,7 +156,7 @@ def _usage_changes(parsed: ChatBody) -> tuple[list[tuple[int, int, bytes]], bool
     return [(*parsed.spans["stream_options"], value)], options.get("include_usage") is not True
 
 
-def _project(headers: list[tuple[bytes, bytes]], tenant: Tenant) -> str:
+def request_project(headers: list[tuple[bytes, bytes]], tenant: Tenant) -> str:
     """The W&B project: the tenant's own, or another it may use, chosen by `OpenAI-Project`."""
     for name, value in headers:
         if name == b"openai-project":

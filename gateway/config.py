@@ -29,8 +29,8 @@ from pydantic import (
 )
 
 from gateway import config_types as ct
-from gateway.keys import KEY_HASH_RE
 from gateway.redact import masked_url, yaml_problem
+from gateway.tracing.settings import TracingSettings
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -136,6 +136,7 @@ class Tenant(ct.Section):
     max_queue: int = QUEUE_BEYOND_LIMIT  # in flight plus waiting, per process; 429 past it
     forward_headers: frozenset[str] = frozenset()  # lower-case names also sent upstream
     cache_salt: bool = True  # a per-tenant cache_salt goes upstream unless the client sent one
+    capture_content: bool | None = None  # in trace spans; None: tracing.capture_content
 
 
 def _context(info: ValidationInfo) -> tuple[Path, Mapping[str, Account | None]]:
@@ -157,6 +158,7 @@ class _TenantEntry(ct.Section):
     max_queue: ct.PositiveInt | None = None  # None: max_concurrency + QUEUE_BEYOND_LIMIT
     forward_headers: ct.ForwardHeaders = frozenset()
     cache_salt: ct.Flag = True
+    capture_content: ct.Flag | None = None
 
     @field_validator("keys_file", mode="before")
     @classmethod
@@ -164,20 +166,7 @@ class _TenantEntry(ct.Section):
         if not isinstance(name := ct.coerce(str, name), str) or not name.strip():
             raise ValueError(f"must be a non-empty string, got {name!r}")
         file = _context(info)[0] / name  # an absolute name stays as it is
-        try:
-            lines = file.read_text().splitlines()
-        except UnicodeDecodeError:
-            raise ValueError(f"{file} is not UTF-8 text") from None
-        except OSError as exc:
-            raise ValueError(
-                f"cannot read {file} ({exc.strerror}); "
-                f"create it with `inference-gateway keys new --save {file}`"
-            ) from None
-        stripped = {n: line.strip() for n, line in enumerate(lines, 1)}
-        hashes = {n: h for n, h in stripped.items() if h and not h.startswith("#")}
-        if bad := [str(n) for n, h in hashes.items() if not KEY_HASH_RE.fullmatch(h)]:
-            raise ValueError(f"{file} line {', '.join(bad)}: must be {ct.HASH}")
-        return str(file), frozenset(h.lower() for h in hashes.values())
+        return str(file), ct.key_hashes_in(file)
 
     @field_validator("account")
     @classmethod
@@ -211,7 +200,8 @@ class _TenantEntry(ct.Section):
     def tenant(self, name: str, account: Account, aliases: Mapping[str, str]) -> Tenant:
         limit = account.max_concurrency if self.max_concurrency is None else self.max_concurrency
         models = None if self.models is None else frozenset(aliases.get(m, m) for m in self.models)
-        same = {"account", "project", "projects", "weight", "monthly_budget_usd", "cache_salt"}
+        same = {"account", "project", "projects", "weight", "monthly_budget_usd"}
+        same |= {"cache_salt", "capture_content"}
         return Tenant(
             name=name,
             key_hashes=self.hashes,
@@ -229,6 +219,7 @@ class _Document(ct.Section):
     upstream: Annotated[UpstreamSettings, Field(default_factory=dict, validate_default=True)]
     limiter: LimiterSettings = LimiterSettings()
     server: ServerSettings = ServerSettings()
+    tracing: TracingSettings = TracingSettings()
     accounts: ct.Entries = Field(default_factory=dict)
     tenants: ct.Entries = Field(default_factory=dict)
     models: ct.Entries = Field(default_factory=dict)
@@ -238,6 +229,7 @@ class Settings(ct.Section):
     upstream: UpstreamSettings
     limiter: LimiterSettings
     server: ServerSettings
+    tracing: TracingSettings = TracingSettings()
     accounts: Mapping[str, Account]
     tenants: Mapping[str, Tenant]
     models: Mapping[str, Model]
@@ -349,6 +341,7 @@ def parse_settings(
         upstream=top.upstream,
         limiter=top.limiter,
         server=top.server,
+        tracing=top.tracing,
         accounts=valid,
         tenants=built,
         models={m: Model(id=m, **dict(entry)) for m, entry in models.items() if entry},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, get_args
 
 from pydantic import (
@@ -118,6 +119,25 @@ HeaderName = Annotated[
 HeaderNames = Annotated[
     frozenset[Annotated[HeaderName, AfterValidator(str.lower)]], BeforeValidator(as_list)
 ]
+
+
+def key_hashes_in(file: Path) -> frozenset[str]:
+    """The key hashes a `keys_file` lists, one a line (`#` comments), or the ValueError saying
+    what is wrong with it."""
+    try:
+        lines = file.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{file} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read {file} ({exc.strerror}); "
+            f"create it with `inference-gateway keys new --save {file}`"
+        ) from None
+    stripped = {n: line.strip() for n, line in enumerate(lines, 1)}
+    hashes = {n: h for n, h in stripped.items() if h and not h.startswith("#")}
+    if bad := [str(n) for n, h in hashes.items() if not KEY_HASH_RE.fullmatch(h)]:
+        raise ValueError(f"{file} line {', '.join(bad)}: must be {HASH}")
+    return frozenset(h.lower() for h in hashes.values())
 
 
 def _forwardable(names: frozenset[str]) -> frozenset[str]:

@@ -9,11 +9,16 @@ the proxy writes a `Run`, the exchange as it goes, which turns into the `Result`
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import Account, Model, Tenant
 from gateway.cost import Usage
 from gateway.sse import StreamMeter
+
+if TYPE_CHECKING:
+    from gateway.tracing.notes import Trace
 
 CLIENT_CLOSED = 499  # nginx's status for "client closed the request", for logs and metrics
 
@@ -37,6 +42,8 @@ class Call:
     deadline: float  # monotonic time after which neither queueing nor retrying goes on
     strip_usage: bool = False  # the gateway asked upstream for stream usage, the client did not
     prompt_tokens: int = 0  # estimated from the messages, for an answer without its usage
+    read_fields: Mapping[str, Any] = field(default_factory=dict)  # what chat_body read of it
+    trace: Trace | None = None  # its span, when tracing is on; the proxy notes the answer in it
 
 
 @dataclass(frozen=True, slots=True)

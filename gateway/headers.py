@@ -93,13 +93,17 @@ def upstream_headers(
     project: str,
     request_id: str,
     forward: frozenset[str] = frozenset(),
+    traceparent: str | None = None,
 ) -> dict[str, str]:
     """The caller's headers that may go up (`forward`: the tenant's own names), then the
-    gateway's, with the account's key."""
+    gateway's, with the account's key; `traceparent`, the gateway's span, replaces the
+    caller's (which is its parent)."""
     kept: list[tuple[bytes, bytes]] = []
     hop: set[bytes] = set()
     for name, value in raw:
         name = name.lower()
+        if traceparent is not None and name == b"traceparent":
+            continue
         if name in UP or name.startswith(UP_PREFIX):
             kept.append((name, value))
         elif name == b"connection":
@@ -113,6 +117,8 @@ def upstream_headers(
     headers["OpenAI-Project"] = project
     headers["X-Request-Id"] = request_id
     headers["Content-Type"] = "application/json"
+    if traceparent is not None:
+        headers["traceparent"] = traceparent
     return headers
 
 

@@ -146,6 +146,12 @@ class Metrics:
             "Connections the HTTP server answered itself and closed, by bound (see http_guard)",
             "reason",
         )
+        self.trace_spans_dropped = counter(
+            "gateway_trace_spans_dropped",
+            "Trace spans never exported, by reason: queue_full (more waiting than "
+            "tracing.max_queue) or export_failed (the collector refused them or was unreachable)",
+            "reason",
+        )
         self.admin_actions = counter(
             "gateway_admin_actions",
             "Changes made over the admin API, by action (create, revoke, rotate)",

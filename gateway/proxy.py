@@ -26,7 +26,7 @@ from yarl import URL
 
 from gateway.accounting import Accounting
 from gateway.budget import Budgets
-from gateway.cost import Usage, cost_usd, decimal, usage_from
+from gateway.cost import cost_usd, decimal, usage_from
 from gateway.errors import (
     GatewayError,
     QueueTimeout,
@@ -217,7 +217,10 @@ class Proxy:
             body = await resp.read()
         except WIRE_ERRORS as exc:
             return wire_failure(exc, "complete answer", self._settings.read_timeout_s)
-        run.usage = _usage(body)
+        payload = _json(body)
+        run.usage = usage_from(payload.get("usage")) if isinstance(payload, dict) else None
+        if call.trace is not None and call.trace.recording:
+            call.trace.answer(payload)
         await self._charge(call, run)
         headers = response_headers(resp.headers)
         headers.append((b"content-length", b"%d" % len(body)))
@@ -258,8 +261,11 @@ class Proxy:
         if first is None:
             await client.chunk(KEEPALIVE)
         else:
-            await client.chunk(meter.feed(first))
+            relayed = meter.feed(first)
+            await client.chunk(relayed)
             run.first_byte_s = time.monotonic() - call.start
+            if call.trace is not None and call.trace.recording:
+                call.trace.chunk(relayed)
         ending = await self._relay_rest(chunks, meter, client, run, call)
         if meter.done and run.reason is None:  # the watch is closed: nothing cuts the drain
             await _drain(chunks)
@@ -341,6 +347,7 @@ class Proxy:
         """Relay upstream's chunks as they come, to the end of its body or `[DONE]`."""
         if meter.done:
             return
+        notes = call.trace if call.trace is not None and call.trace.recording else None
         async for chunk in chunks:
             watch.received += 1
             relayed = meter.feed(chunk)
@@ -348,6 +355,8 @@ class Proxy:
                 watch.begun += 1
                 await client.chunk(relayed)
                 watch.ended += 1
+                if notes is not None:
+                    notes.chunk(relayed)
                 if run.first_byte_s is None:
                     run.first_byte_s = time.monotonic() - call.start
             if meter.done:  # the answer is whole: nothing after `[DONE]` is relayed
@@ -371,8 +380,8 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-def _usage(body: bytes) -> Usage | None:
+def _json(body: bytes) -> object:
     try:
-        return usage_from(orjson.loads(body).get("usage"))
-    except (orjson.JSONDecodeError, AttributeError):
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
         return None

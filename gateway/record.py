@@ -17,6 +17,7 @@ from gateway.config import Settings, Tenant
 if TYPE_CHECKING:
     from gateway.errors import GatewayError
     from gateway.exchange import Result
+    from gateway.tracing.notes import Trace
 
 
 @dataclass(slots=True)
@@ -30,6 +31,7 @@ class RequestRecord:
     queue_ms: int | None = None
     attempts: int | None = None
     reason: str | None = None  # the bounded error cause, as in gateway_errors_total
+    trace: Trace | None = None  # a chat request's span, when tracing is on (not in the line)
 
     def authenticated(self, tenant: Tenant, settings: Settings, key_id: str) -> None:
         self.tenant = tenant

@@ -4,6 +4,7 @@ them that a config reload may change (tenants, keys, limits, prices, aliases).""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from gateway.accounting import Accounting
 from gateway.admission import Admission
@@ -18,6 +19,9 @@ from gateway.proxy import Proxy
 from gateway.response_store import MemoryResponseStore, RedisResponseStore, ResponseStore
 from gateway.upstream import UpstreamClient
 from gateway.usage import MemoryUsageStore, UsageStore
+
+if TYPE_CHECKING:
+    from gateway.tracing.spans import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,18 @@ def make_usage_store(settings: Settings) -> UsageStore:
     return MemoryUsageStore()
 
 
+def make_tracing(settings: Settings, metrics: Metrics) -> Tracing | None:
+    """Spans when `tracing` has somewhere to send them; OpenTelemetry is imported only then."""
+    if not settings.tracing.url:
+        return None
+    from gateway.tracing.spans import Tracing
+
+    def dropped(reason: str, spans: int) -> None:
+        metrics.child(metrics.trace_spans_dropped, reason).inc(spans)
+
+    return Tracing(settings, dropped)
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -71,6 +87,7 @@ class Runtime:
         self.body_reader = BodyReader()
         self.keys = Keys(make_key_store(settings), settings)
         self.responses = make_response_store(settings)
+        self.tracing = make_tracing(settings, self.metrics)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
@@ -102,7 +119,9 @@ class Runtime:
         """
         old = self.settings
         fixed = [
-            name for name in ("upstream", "limiter") if getattr(new, name) != getattr(old, name)
+            name
+            for name in ("upstream", "limiter", "tracing")
+            if getattr(new, name) != getattr(old, name)
         ]
         server = old.server.model_copy(update={"admin_keys": new.server.admin_keys})
         if server != new.server:
@@ -112,7 +131,12 @@ class Runtime:
                 "config reload: changes to %s take effect only after a restart", ", ".join(fixed)
             )
         new = new.model_copy(
-            update={"upstream": old.upstream, "limiter": old.limiter, "server": server}
+            update={
+                "upstream": old.upstream,
+                "limiter": old.limiter,
+                "tracing": old.tracing,
+                "server": server,
+            }
         )
         self.settings = new
         self.catalog.reconfigure(new)
@@ -128,6 +152,8 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        if self.tracing is not None:
+            await self.tracing.close()
         self.body_reader.close()
         await self.keys.close()
         await self.responses.close()

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.admission import Ticket
 from gateway.chat_body import BodyReaderGone, ChatBody
-from gateway.chat_request import chat_request
+from gateway.chat_request import chat_request, request_project
 from gateway.config import Tenant
 from gateway.errors import GatewayError, Overloaded
 from gateway.exchange import CLIENT_CLOSED, Call, Result
@@ -113,6 +113,10 @@ class ChatCompletions:
         start = time.monotonic()
         client = self.responder(send, receive, runtime, tenant)
         call: Call | None = None
+        if runtime.tracing is not None:
+            record.trace = runtime.tracing.start(
+                scope["headers"], settings, tenant, _project(scope, tenant), start
+            )
         try:
             headers = scope["headers"]
             limit = settings.server.max_body_bytes
@@ -132,6 +136,9 @@ class ChatCompletions:
         except ClientGone:
             result = Result(CLIENT_CLOSED, "client_disconnect", time.monotonic() - start)
         record.finished(result)
+        if record.trace is not None:
+            assert runtime.tracing is not None
+            runtime.tracing.finish(record.trace, tenant, record.key_id or "-", call, result)
         await runtime.accounting.settle(tenant, call, result)
 
     def responder(
@@ -173,7 +180,17 @@ async def chat_call(
         start=start,
         label=runtime.catalog.label,
         parsed=await read_body(runtime, body),
+        trace=record.trace,
     )
+
+
+def _project(scope: Scope, tenant: Tenant) -> str:
+    """The W&B project a request names, for its span's route: the tenant's own when it names
+    one it may not use (it is refused, and traced, there)."""
+    try:
+        return request_project(scope["headers"], tenant)
+    except GatewayError:
+        return tenant.project
 
 
 async def read_body(runtime: Runtime, body: bytes) -> ChatBody:

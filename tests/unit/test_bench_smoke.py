@@ -37,7 +37,7 @@ def test_bench_smoke_measures_every_scenario(tmp_path: Path) -> None:
     rows = {(r["target"], r["mode"], r["conns"]): r for r in data["rows"]}
     assert set(rows) == {
         (target, mode, conns)
-        for target in ("direct", "bare", "memory", "redis")
+        for target in ("direct", "bare", "memory", "redis", "traced")
         for mode in ("plain", "stream")
         for conns in (1, 4)
     }
@@ -50,5 +50,8 @@ def test_bench_smoke_measures_every_scenario(tmp_path: Path) -> None:
             assert row["vs_direct"]["rps_ratio"] is not None, scenario
         if row["mode"] == "stream":
             assert row["ttfb_samples"] > 0 and not row["probe_errors"], scenario
-    assert data["meta"]["idle_rss_mib"].keys() == {"bare", "memory", "redis"}
+    assert data["meta"]["idle_rss_mib"].keys() == {"bare", "memory", "redis", "traced"}
+    assert data["rows"] and all(
+        r["vs_memory"] for r in data["rows"] if r["target"] in ("redis", "traced")
+    )
     assert "gateway-redis" in done.stdout  # the table was printed

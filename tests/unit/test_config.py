@@ -298,6 +298,8 @@ def test_pydantic_wording_does_not_leak_out() -> None:
         + [("server", k) for k in ("port", "admin_keys", "access_log", "reload_poll_s")]
         + [("tenants.search", k) for k in ("keys", "keys_file", "models", "projects", "weight")]
         + [("models.meta-llama/Llama-3.1-8B-Instruct", "aliases"), ("accounts.main", "api_key")]
+        + [("tracing", k) for k in ("endpoint", "headers", "weave", "sample_ratio", "max_queue")]
+        + [("tenants.search", "capture_content")]
     )
     for section, key in paths:
         for value in bad:
@@ -316,8 +318,10 @@ def test_unknown_keys_list_what_is_allowed() -> None:
     assert sorted(err.value.problems) == [
         "accounts.main.name: unknown key (allowed: api_key, max_concurrency)",
         "limiter.sentinel.pasword: unknown key (allowed: master, nodes, password)",
-        "limitr: unknown key (allowed: accounts, limiter, models, server, tenants, upstream)",
-        "tenants.search.key: unknown key (allowed: account, cache_salt, forward_headers, keys, "
+        "limitr: unknown key (allowed: accounts, limiter, models, server, tenants, tracing, "
+        "upstream)",
+        "tenants.search.key: unknown key (allowed: account, cache_salt, capture_content, "
+        "forward_headers, keys, "
         "keys_file, max_concurrency, max_queue, models, monthly_budget_usd, project, projects, "
         "weight)",
     ]

@@ -1,0 +1,138 @@
+"""`Trace`: one request's span as the request goes, and what the proxy saw of its answer.
+
+The proxy hands it the answer it relays (`answer` for a whole one, `chunk` for each run of
+stream events) only when the span records; it keeps the response's id, model and finish
+reasons, and, with content capture on, the answer's text and tool calls, each bounded. Plain
+Python, no OpenTelemetry: `gateway.tracing.spans` turns it into the span's attributes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([^"\\]{1,64})"')
+_DATA = b"data:"
+
+
+class Trace:
+    __slots__ = (
+        "_calls",
+        "_parts",
+        "capture",
+        "finish_reasons",
+        "max_chars",
+        "project",
+        "recording",
+        "response_id",
+        "response_model",
+        "span",
+        "traceparent",
+    )
+
+    def __init__(
+        self, span: Any, traceparent: str, project: str, capture: bool, max_chars: int
+    ) -> None:
+        self.span = span  # opentelemetry's; typed Any so that this module never imports it
+        self.traceparent = traceparent  # the span's own, for the request sent upstream
+        self.project = project  # where a Weave span goes (the request's OpenAI-Project)
+        self.recording: bool = span.is_recording()
+        self.capture = capture and self.recording
+        self.max_chars = max_chars
+        self.response_id: str | None = None
+        self.response_model: str | None = None
+        self.finish_reasons: list[str] = []
+        self._parts: list[str] = []  # the answer's text, with capture on
+        self._calls: dict[int, list[str]] = {}  # tool call index -> name, then arguments
+
+    def answer(self, payload: Any) -> None:
+        """A whole answer, as upstream's JSON."""
+        if not isinstance(payload, dict):
+            return
+        self._ids(payload)
+        for choice in _choices(payload):
+            self._reason(choice.get("finish_reason"))
+            message = choice.get("message")
+            if self.capture and isinstance(message, dict):
+                self._add(message)
+
+    def chunk(self, data: bytes) -> None:
+        """Whole stream events, as relayed: the first gives the id and model; finish reasons
+        are found by a scan; only content capture reads every event."""
+        if self.response_id is None or self.capture:
+            for payload in _events(data, first=not self.capture):
+                self._ids(payload)
+                if self.capture:
+                    for choice in _choices(payload):
+                        delta = choice.get("delta")
+                        if isinstance(delta, dict):
+                            self._add(delta)
+        if b"finish_reason" in data:
+            for found in _FINISH.findall(data):
+                self._reason(found.decode("utf-8", "replace"))
+
+    def output(self) -> tuple[str, list[dict[str, Any]]] | None:
+        """(the text, the tool calls as name and arguments), with capture on."""
+        if not self.capture:
+            return None
+        calls = [
+            {"type": "tool_call", "name": parts[0], "arguments": "".join(parts[1:])}
+            for _, parts in sorted(self._calls.items())
+        ]
+        return "".join(self._parts), calls
+
+    def _ids(self, payload: dict[str, Any]) -> None:
+        if self.response_id is None and isinstance(found := payload.get("id"), str):
+            self.response_id = found[:200]
+        if self.response_model is None and isinstance(found := payload.get("model"), str):
+            self.response_model = found[:200]
+
+    def _reason(self, reason: Any) -> None:
+        if isinstance(reason, str) and reason not in self.finish_reasons:
+            self.finish_reasons.append(reason[:64])
+
+    def _add(self, message: dict[str, Any]) -> None:
+        """A message's (or a delta's) text and tool calls, until `max_chars` are kept."""
+        room = self.max_chars - sum(map(len, self._parts))
+        text = message.get("content")
+        if isinstance(text, str) and room > 0:
+            self._parts.append(text[:room])
+        calls = message.get("tool_calls")
+        for n, call in enumerate(calls if isinstance(calls, list) else ()):
+            if not isinstance(call, dict) or len(self._calls) >= 64:
+                continue
+            index = call.get("index", n)
+            function = call.get("function")
+            if not isinstance(index, int) or not isinstance(function, dict):
+                continue
+            parts = self._calls.setdefault(index, [""])
+            if isinstance(name := function.get("name"), str):
+                parts[0] = name[:200]
+            arguments = function.get("arguments")
+            if isinstance(arguments, str) and sum(map(len, parts)) < self.max_chars:
+                parts.append(arguments[: self.max_chars])
+
+
+def _choices(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    choices = payload.get("choices")
+    return [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+
+
+def _events(data: bytes, first: bool) -> list[dict[str, Any]]:
+    """The JSON objects of the `data:` lines in whole SSE events (only the first one if
+    `first`); a line that is no JSON object is skipped."""
+    found: list[dict[str, Any]] = []
+    for line in data.split(b"\n"):
+        if not line.startswith(_DATA) or line[5:].strip() == b"[DONE]":
+            continue
+        try:
+            payload = orjson.loads(line[5:])
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(payload, dict):
+            found.append(payload)
+            if first:
+                break
+    return found

@@ -1,0 +1,195 @@
+"""`Tracing`: one span per chat request, OpenTelemetry's GenAI conventions plus the gateway's own.
+
+    start(headers, tenant) -> Trace --(the proxy notes the answer)--> finish(trace, call, result)
+
+The span is a CLIENT span named `chat {model}`: the conventions model an inference call from
+the caller of the model's API, which the gateway is for W&B. It starts at the request's arrival,
+the child of the client's `traceparent` when one came, and the `traceparent` sent upstream is its
+own. `sample_ratio` decides by trace id, whatever the client's sampled flag says: the operator
+chose to trace these calls. Its attributes are set once, at the end, in one call.
+
+What a span never holds: a key of any kind, a header, and with content capture off (the
+default; `tenants.NAME.capture_content` overrides `tracing.capture_content`) any text of the
+prompt or the answer. With it on, the input messages and the answer (a stream's assembled from
+its chunks) go in `gen_ai.input.messages`/`gen_ai.output.messages` and OpenInference's
+`input.value`/`output.value`, each cut at `tracing.content_max_chars` characters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from opentelemetry import trace as otel
+from opentelemetry.context import Context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from gateway.chat_body import SAMPLING
+from gateway.config import Settings, Tenant
+from gateway.exchange import Call, Result
+from gateway.tracing.content import input_messages, output_messages
+from gateway.tracing.export import Dropped, Export
+from gateway.tracing.notes import Trace
+
+PROVIDER = "wandb.inference"
+_PROPAGATOR = TraceContextTextMapPropagator()
+_PARAMS = {name: f"gen_ai.request.{name}" for name in SAMPLING}
+_PARAMS["max_completion_tokens"] = "gen_ai.request.max_tokens"
+
+
+class Tracing:
+    def __init__(self, settings: Settings, dropped: Dropped) -> None:
+        self._settings = settings.tracing
+        self._export = Export(settings.tracing, dropped)
+
+    def start(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        settings: Settings,
+        tenant: Tenant,
+        project: str,
+        arrived: float,
+    ) -> Trace | None:
+        """The request's span, started at `arrived` (monotonic); None when it has no route.
+        `project`: the W&B project the request names (its tenant's own if it names none, or one
+        it may not use)."""
+        tracer = self._export.tracer(settings.accounts[tenant.account], project)
+        if tracer is None:
+            return None
+        start_ns = time.time_ns() - int((time.monotonic() - arrived) * 1e9)
+        span = tracer.start_span(
+            "chat", _parent(headers), otel.SpanKind.CLIENT, start_time=start_ns
+        )
+        context = span.get_span_context()
+        traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        capture = self._settings.capture_content
+        if tenant.capture_content is not None:
+            capture = tenant.capture_content
+        return Trace(span, traceparent, project, capture, self._settings.content_max_chars)
+
+    def finish(
+        self, trace: Trace, tenant: Tenant, key_id: str, call: Call | None, result: Result
+    ) -> None:
+        """Set the span's attributes and end it (if the export queue has room for it)."""
+        span = trace.span
+        if not trace.recording:
+            span.end()
+            return
+        model = call.model if call is not None else None
+        if model is not None:
+            span.update_name(f"chat {model}")
+        attributes = self._attributes(trace, tenant, key_id, call, result)
+        if trace.capture and call is not None:
+            attributes.update(_content(trace, call, self._settings.content_max_chars))
+        span.set_attributes(attributes)
+        if result.reason is not None or result.status >= 400:
+            span.set_status(otel.StatusCode.ERROR, result.reason or str(result.status))
+        if self._export.admit():
+            span.end()
+
+    def _attributes(
+        self, trace: Trace, tenant: Tenant, key_id: str, call: Call | None, result: Result
+    ) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": PROVIDER,
+            "http.response.status_code": result.status,
+            "openinference.span.kind": "LLM",
+            "gateway.tenant": tenant.name,
+            "gateway.key_id": key_id,
+            "gateway.queue_wait_ms": round(result.queue_s * 1000, 3),
+            "gateway.retries": max(result.attempts - 1, 0),
+        }
+        if call is not None:
+            found |= {
+                "gen_ai.request.model": call.model,
+                "llm.model_name": call.model,
+                "gen_ai.request.stream": call.stream,
+                "gateway.request_id": call.request_id,
+                **_params(call.read_fields),
+            }
+        if trace.project != tenant.project:  # another it may use, named by OpenAI-Project
+            found["gateway.project"] = trace.project
+        found |= _answer(trace, result)
+        if result.reason is not None:
+            found["error.type"] = result.reason
+        elif result.status >= 400:
+            found["error.type"] = str(result.status)
+        return found
+
+    async def close(self) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self._export.close)
+
+
+def _parent(headers: list[tuple[bytes, bytes]]) -> Context | None:
+    """The client's trace context, when it sent a valid `traceparent`."""
+    carrier: dict[str, str] = {}
+    for name, value in headers:
+        if name in (b"traceparent", b"tracestate"):
+            carrier[name.decode()] = value.decode("latin-1")
+    if "traceparent" not in carrier:
+        return None
+    return _PROPAGATOR.extract(carrier)
+
+
+def _params(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The request's sampling parameters the conventions name, when they are numbers."""
+    found: dict[str, Any] = {}
+    for name, attribute in _PARAMS.items():
+        value = fields.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 2**63:
+            found[attribute] = value  # an OTLP int is 64 bits
+    return found
+
+
+def _answer(trace: Trace, result: Result) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if trace.response_id is not None:
+        found["gen_ai.response.id"] = trace.response_id
+    if trace.response_model is not None:
+        found["gen_ai.response.model"] = trace.response_model
+    if trace.finish_reasons:
+        found["gen_ai.response.finish_reasons"] = tuple(trace.finish_reasons)
+    if result.first_byte_s is not None:
+        found["gateway.time_to_first_chunk_ms"] = round(result.first_byte_s * 1000, 3)
+    if result.cost_usd is not None:
+        found["gateway.cost_usd"] = result.cost_usd
+    usage = result.usage
+    if usage is not None:
+        found |= {
+            "gen_ai.usage.input_tokens": usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": usage.completion_tokens,
+            "llm.token_count.prompt": usage.prompt_tokens,
+            "llm.token_count.completion": usage.completion_tokens,
+        }
+        if usage.cached_tokens:
+            found["gen_ai.usage.cache_read.input_tokens"] = usage.cached_tokens
+        if usage.reasoning_tokens:
+            found["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
+        if usage.estimated:
+            found["gateway.usage.estimated_tokens"] = usage.estimated
+    return found
+
+
+def _content(trace: Trace, call: Call, cap: int) -> dict[str, Any]:
+    """The prompt and the answer, each attribute cut at `cap` characters."""
+    found: dict[str, Any] = {}
+    try:
+        messages = orjson.loads(call.body).get("messages")
+    except (orjson.JSONDecodeError, AttributeError):
+        messages = None
+    if isinstance(messages, list):
+        found["input.value"] = orjson.dumps(messages).decode()[:cap]
+        found["input.mime_type"] = "application/json"
+        found["gen_ai.input.messages"] = input_messages(messages)[:cap]
+    output = trace.output()
+    if output is not None:
+        text, calls = output
+        found["output.value"] = text[:cap]
+        reasons = trace.finish_reasons
+        found["gen_ai.output.messages"] = output_messages(text, calls, reasons)[:cap]
+    return found
