@@ -15,6 +15,7 @@ from gateway.key_service import Keys, make_key_store
 from gateway.limits import Limiter, MemoryLimiter
 from gateway.metrics import LiveState, Metrics
 from gateway.proxy import Proxy
+from gateway.recent import Recent
 from gateway.response_store import MemoryResponseStore, RedisResponseStore, ResponseStore
 from gateway.upstream import UpstreamClient
 from gateway.usage import MemoryUsageStore, UsageStore
@@ -71,6 +72,7 @@ class Runtime:
         self.body_reader = BodyReader()
         self.keys = Keys(make_key_store(settings), settings)
         self.responses = make_response_store(settings)
+        self.recent = Recent()  # the last requests, for the console (no I/O)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:

@@ -132,6 +132,7 @@ class ChatCompletions:
         except ClientGone:
             result = Result(CLIENT_CLOSED, "client_disconnect", time.monotonic() - start)
         record.finished(result)
+        runtime.recent.add(record, call, result)
         await runtime.accounting.settle(tenant, call, result)
 
     def responder(
