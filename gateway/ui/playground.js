@@ -110,28 +110,30 @@ async function stream(body, node, signal, report) {
     $(".error", node).textContent = message;
     node.dataset.state = "failed";
   };
-  let response;
+  let response = null;
   try {
     response = await fetch("/v1/chat/completions", options("POST", body, signal));
     if (!response.ok) {
       const error = await errorOf(response);
       if (error.status === 401) report(error);
       fail(error.message);
-      return;
+    } else if (await relay(response, node, started, figures, fail)) {
+      node.dataset.state = "done";
+    } else if (node.dataset.state !== "failed") {
+      fail("The stream ended before [DONE].");
     }
-    const done = await relay(response, node, started, figures, fail);
-    if (done) node.dataset.state = "done";
-    else if (node.dataset.state !== "failed") fail("The stream ended before [DONE].");
   } catch (error) {
     if (error.name === "AbortError") return;
     fail(`The gateway cannot be reached (${error.message}).`);
-  } finally {
-    figures.total_ms = performance.now() - started;
+  }
+  figures.total_ms = performance.now() - started;
+  const id = response && response.headers.get("x-request-id");
+  if (!id) figures.cost = "–";
+  show(node, figures);
+  if (id) {
+    figures.cost = await costOf(id, signal);
     show(node, figures);
   }
-  const id = response && response.headers.get("x-request-id");
-  figures.cost = id ? await costOf(id, signal) : null;
-  show(node, figures);
 }
 
 /** Reads the SSE stream into the panel; true when it ended with [DONE]. */
@@ -178,7 +180,8 @@ async function costOf(id, signal) {
         { headers: headers(), signal, cache: "no-store", credentials: "omit" });
       if (response.ok) {
         const entry = await response.json();
-        return entry.cost_usd === null ? "no price" : usd(entry.cost_usd);
+        if (entry.cost_usd !== null) return usd(entry.cost_usd);
+        return entry.prompt_tokens === null ? "none charged" : "no price";
       }
       if (response.status !== 404) return "–";
     } catch {
