@@ -81,7 +81,10 @@ def differences(usage: dict[str, Any], recent: dict[str, Any], page: dict[str, A
         if not math.isclose(dollars(row["spend"]), t["spend_usd"], rel_tol=5e-3, abs_tol=5e-5):
             found.append(f"{name}: spend {row['spend']} != {t['spend_usd']}")
     account = usage["accounts"]["main"]
-    want_account = ["main", str(account["limit"]), str(account["inflight"]), str(account["queued"])]
+    limit = str(account["limit"])
+    if account["limit"] < account["max_concurrency"]:
+        limit = f"{account['limit']} of {account['max_concurrency']} (backed off)"
+    want_account = ["main", limit, str(account["inflight"]), str(account["queued"])]
     if page["account"] != want_account:
         found.append(f"account {page['account']} != {want_account}")
     if page["requests"] != [e["id"] for e in recent["data"]]:
@@ -144,6 +147,20 @@ async def test_the_console_shows_every_tenant_as_the_admin_api_has_it(
     await agreeing(ui, ui_gateway, lambda u: u["tenants"]["ads"]["concurrency"]["inflight"] == 0)
     assert ui.navigations == 1  # refreshed in place, never reloaded
     await ui.assert_no_secret()
+
+
+async def test_a_backed_off_account_shows_its_limit_in_force(
+    ui: Ui, ui_gateway: Proc, ui_fake: Proc
+) -> None:
+    """W&B's concurrency 429 halves the account's limit for a while (see Concurrency); the
+    console shows the limit in force against the configured one, as /admin/usage has them."""
+    await ui.sign_in(ADMIN_KEY, "console")
+    faults(ui_fake, {"kind": "429", "count": 1})  # retried: the request still succeeds
+    client(ui_gateway, SEARCH_KEY).chat.completions.create(model=LLAMA, messages=USER)
+    main = (await admin(ui_gateway, "/admin/usage"))["accounts"]["main"]
+    assert (main["limit"], main["max_concurrency"]) == (2, 4)  # grows back one slot per 5 s
+    limit = ui.page.locator("#accounts tr[data-account=main] .limit")
+    await expect(limit).to_have_text("2 of 4 (backed off)")
 
 
 async def test_keys_are_created_rotated_and_revoked_from_the_page(ui: Ui, ui_gateway: Proc) -> None:
