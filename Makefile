@@ -65,7 +65,7 @@ chromium:
 	@test -x /usr/bin/chromium || { \
 	  echo "/usr/bin/chromium not found: installing Debian's package"; \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 ## make test: linters, then the whole suite (unit, in-process API, end-to-end over real sockets,
 ## the /ui pages in a real browser).
