@@ -9,7 +9,7 @@ DEMO_UPSTREAM_PORT ?= 9090
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run demo test check lint typecheck fmt install install-test redis-server clean bench fuzz
+.PHONY: run demo test check lint typecheck fmt install install-test redis-server chromium clean bench fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,8 +59,17 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
-## make test: linters, then the whole suite (unit, in-process API, end-to-end over real sockets).
-test: $(TEST_STAMP) redis-server check
+## chromium: the browser tests (tests/browser) drive Debian's headless Chromium through Playwright;
+## install Debian's package when missing (Playwright's own browser download is never used).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  echo "/usr/bin/chromium not found: installing Debian's package"; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+## make test: linters, then the whole suite (unit, in-process API, end-to-end over real sockets,
+## the /ui pages in a real browser).
+test: $(TEST_STAMP) redis-server chromium check
 	$(BIN)/pytest -q
 
 ## make bench: gateway vs direct under load (wrk; installs it when missing). BENCH_ARGS=--smoke etc.

@@ -49,7 +49,7 @@ from gateway.logs import AccessLog
 from gateway.middleware import RequestContextMiddleware
 from gateway.record import RequestRecord
 from gateway.responses import send_error
-from gateway.routers import chat, health, keys, openai, responses, usage
+from gateway.routers import chat, health, keys, openai, requests, responses, ui, usage
 from gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Gatewa
     api.include_router(keys.router)
     api.include_router(responses.router)
     api.include_router(health.router)
+    api.include_router(requests.router)
+    api.include_router(ui.router)
     api.add_exception_handler(GatewayError, _gateway_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)
     api.add_exception_handler(RequestValidationError, _validation_error)

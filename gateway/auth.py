@@ -21,7 +21,16 @@ PUBLIC_PATHS = {
     "/readyz": "readiness probe: must answer without credentials",
     "/metrics": "Prometheus scrapes without credentials; labels hold no keys",
     "/openapi.json": "the API's shape, the same for everyone; holds no tenant's data",
+    "/ui": "the console's page, the same for everyone; holds no data (it reads the JSON APIs "
+    "with the key its user types)",
 }
+# The console's other files (routers/ui.py serves an allow-list, any other path is a 404): the
+# same for everyone, code and styles only.
+PUBLIC_PREFIX = "/ui/"
+
+
+def public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX)
 
 
 def bearer_key(scope: Scope) -> str | None:
@@ -63,7 +72,7 @@ class AuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or public(scope["path"]):
             await self.app(scope, receive, send)
             return
         runtime = scope["app"].state.runtime

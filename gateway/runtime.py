@@ -16,6 +16,7 @@ from gateway.key_service import Keys, make_key_store
 from gateway.limits import Limiter, MemoryLimiter
 from gateway.metrics import LiveState, Metrics
 from gateway.proxy import Proxy
+from gateway.recent import Recent
 from gateway.response_store import MemoryResponseStore, RedisResponseStore, ResponseStore
 from gateway.upstream import UpstreamClient
 from gateway.usage import MemoryUsageStore, UsageStore
@@ -88,6 +89,7 @@ class Runtime:
         self.keys = Keys(make_key_store(settings), settings)
         self.responses = make_response_store(settings)
         self.tracing = make_tracing(settings, self.metrics)
+        self.recent = Recent()  # the last requests, for the console (no I/O)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:

@@ -136,6 +136,7 @@ class ChatCompletions:
         except ClientGone:
             result = Result(CLIENT_CLOSED, "client_disconnect", time.monotonic() - start)
         record.finished(result)
+        runtime.recent.add(record, call, result)
         if record.trace is not None:
             assert runtime.tracing is not None
             runtime.tracing.finish(record.trace, tenant, record.key_id or "-", call, result)

@@ -88,11 +88,48 @@ class OwnUsage(TenantUsage):
     object: Literal["usage"]
 
 
+class AccountPool(Pool):
+    max_concurrency: int  # configured; `limit` is lower while the account is backed off
+
+
 class AdminUsage(BaseModel):
     object: Literal["usage.admin"]
     month: str
     tenants: dict[str, TenantUsage]
-    accounts: dict[str, Pool]
+    accounts: dict[str, AccountPool]
+
+
+class RecentRequest(BaseModel):
+    """A finished chat completion (or response) as this replica's ring keeps it."""
+
+    object: Literal["gateway.request"]
+    id: str  # its x-request-id
+    finished_at: float  # unix seconds
+    tenant: str
+    key_id: str
+    model: str  # the model label, as in /v1/usage ("-": the body was never understood)
+    stream: bool | None
+    status: int  # what the client got; 499 when it went away
+    reason: str | None  # the error cause, as in gateway_errors_total
+    attempts: int  # sent upstream, retries included
+    queue_ms: int
+    latency_ms: int  # arrival to last byte
+    first_byte_ms: int | None  # streams
+    prompt_tokens: int | None  # None: no usage (never reached W&B)
+    completion_tokens: int | None
+    estimated_tokens: int | None  # of those, counted by the gateway
+    cost_usd: float | None  # added to the tenant's spend; None: no usage or no price
+
+
+class RecentErrors(BaseModel):
+    window_s: int  # the counts cover about this long, up to now
+    tenants: dict[str, dict[str, int]]  # tenant -> reason -> count
+
+
+class RecentList(BaseModel):
+    object: Literal["list"]
+    data: list[RecentRequest]  # newest first
+    errors: RecentErrors
 
 
 class CreateKeyBody(BaseModel):

@@ -84,7 +84,10 @@ async def all_usage(runtime: RuntimeDep, month: MonthQuery = None) -> dict[str, 
             for name, tenant in settings.tenants.items()
         },
         "accounts": {
-            name: _pool(pools, f"account:{name}", account.max_concurrency)
+            name: {
+                **_pool(pools, f"account:{name}", account.max_concurrency),
+                "max_concurrency": account.max_concurrency,
+            }
             for name, account in settings.accounts.items()
         },
     }
