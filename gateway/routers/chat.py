@@ -114,9 +114,9 @@ class ChatCompletions:
         client = self.responder(send, receive, runtime, tenant)
         call: Call | None = None
         if runtime.tracing is not None:
-            record.trace = runtime.tracing.start(
-                scope["headers"], settings, tenant, _project(scope, tenant), start
-            )
+            account = settings.accounts[tenant.account]
+            project = _project(scope, tenant)
+            record.trace = runtime.tracing.start(scope["headers"], account, tenant, project)
         try:
             headers = scope["headers"]
             limit = settings.server.max_body_bytes

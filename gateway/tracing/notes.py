@@ -1,14 +1,17 @@
-"""`Trace`: one request's span as the request goes, and what the proxy saw of its answer.
+"""`Trace`: one request's span before it is made, and what the proxy saw of the answer.
 
-The proxy hands it the answer it relays (`answer` for a whole one, `chunk` for each run of
-stream events) only when the span records; it keeps the response's id, model and finish
-reasons, and, with content capture on, the answer's text and tool calls, each bounded. Plain
-Python, no OpenTelemetry: `gateway.tracing.spans` turns it into the span's attributes.
+Its ids are chosen when the request comes (the `traceparent` sent upstream names them); the
+span is made only at the end, whole (`Tracing.finish`). The
+proxy hands it the answer it relays (`answer` for a whole one, `chunk` for each run of stream
+events) only when the trace is sampled; it keeps the response's id, model and finish reasons,
+and, with content capture on, the answer's text and tool calls, each bounded. Plain Python, no
+OpenTelemetry: `gateway.tracing.spans` turns it into the span.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import orjson
@@ -24,21 +27,34 @@ class Trace:
         "capture",
         "finish_reasons",
         "max_chars",
+        "parent",
         "project",
         "recording",
         "response_id",
         "response_model",
-        "span",
+        "route",
+        "span_id",
+        "start_ns",
+        "trace_id",
         "traceparent",
     )
 
     def __init__(
-        self, span: Any, traceparent: str, project: str, capture: bool, max_chars: int
+        self,
+        route: Any,
+        parent: Any,
+        ids: tuple[int, int, bool],
+        project: str,
+        capture: bool,
+        max_chars: int,
     ) -> None:
-        self.span = span  # opentelemetry's; typed Any so that this module never imports it
-        self.traceparent = traceparent  # the span's own, for the request sent upstream
+        self.route = route  # where the span goes (`batches.Route`), and the client's span
+        self.parent = parent  # context or None: typed Any so that this module imports neither
+        self.trace_id, self.span_id, self.recording = ids  # recording: sampled
+        flags = "01" if self.recording else "00"
+        self.traceparent = f"00-{self.trace_id:032x}-{self.span_id:016x}-{flags}"
+        self.start_ns = time.time_ns()
         self.project = project  # where a Weave span goes (the request's OpenAI-Project)
-        self.recording: bool = span.is_recording()
         self.capture = capture and self.recording
         self.max_chars = max_chars
         self.response_id: str | None = None

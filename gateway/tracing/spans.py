@@ -23,17 +23,22 @@ from typing import Any
 
 import orjson
 from opentelemetry import trace as otel
-from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.chat_body import SAMPLING
-from gateway.config import Settings, Tenant
+from gateway.config import Account, Settings, Tenant
 from gateway.exchange import Call, Result
+from gateway.tracing.batches import Dropped
 from gateway.tracing.content import input_messages, output_messages
-from gateway.tracing.export import Dropped, Export
+from gateway.tracing.export import Export
 from gateway.tracing.notes import Trace
 
 PROVIDER = "wandb.inference"
+_SAMPLED = otel.TraceFlags(otel.TraceFlags.SAMPLED)
+_SAMPLED_RANDOM = otel.TraceFlags(otel.TraceFlags.SAMPLED | otel.TraceFlags.RANDOM_TRACE_ID)
+_UNSET = Status(StatusCode.UNSET)
 _PROPAGATOR = TraceContextTextMapPropagator()
 _PARAMS = {name: f"gen_ai.request.{name}" for name in SAMPLING}
 _PARAMS["max_completion_tokens"] = "gen_ai.request.max_tokens"
@@ -43,51 +48,61 @@ class Tracing:
     def __init__(self, settings: Settings, dropped: Dropped) -> None:
         self._settings = settings.tracing
         self._export = Export(settings.tracing, dropped)
+        self._ids = self._export.ids
 
     def start(
-        self,
-        headers: list[tuple[bytes, bytes]],
-        settings: Settings,
-        tenant: Tenant,
-        project: str,
-        arrived: float,
+        self, headers: list[tuple[bytes, bytes]], account: Account, tenant: Tenant, project: str
     ) -> Trace | None:
-        """The request's span, started at `arrived` (monotonic); None when it has no route.
-        `project`: the W&B project the request names (its tenant's own if it names none, or one
-        it may not use)."""
-        tracer = self._export.tracer(settings.accounts[tenant.account], project)
-        if tracer is None:
+        """A request's trace, as it comes: the child of the client's `traceparent` when it sent
+        a valid one; None past the routes' bound. `project`: the W&B project the request names
+        (its tenant's own if it names none, or one it may not use)."""
+        route = self._export.route(account, project)
+        if route is None:
             return None
-        start_ns = time.time_ns() - int((time.monotonic() - arrived) * 1e9)
-        span = tracer.start_span(
-            "chat", _parent(headers), otel.SpanKind.CLIENT, start_time=start_ns
-        )
-        context = span.get_span_context()
-        traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        parent = _parent(headers)
+        trace_id = parent.trace_id if parent is not None else self._ids.generate_trace_id()
+        span_id = self._ids.generate_span_id()
+        ids = (trace_id, span_id, self._export.sampled(trace_id))
         capture = self._settings.capture_content
         if tenant.capture_content is not None:
             capture = tenant.capture_content
-        return Trace(span, traceparent, project, capture, self._settings.content_max_chars)
+        return Trace(route, parent, ids, project, capture, self._settings.content_max_chars)
 
     def finish(
         self, trace: Trace, tenant: Tenant, key_id: str, call: Call | None, result: Result
     ) -> None:
-        """Set the span's attributes and end it (if the export queue has room for it)."""
-        span = trace.span
-        if not trace.recording:
-            span.end()
+        """Record the span, whole, for export (when it is sampled and the export queue has
+        room for it)."""
+        if not trace.recording or not self._export.admit():
             return
-        model = call.model if call is not None else None
-        if model is not None:
-            span.update_name(f"chat {model}")
         attributes = self._attributes(trace, tenant, key_id, call, result)
         if trace.capture and call is not None:
             attributes.update(_content(trace, call, self._settings.content_max_chars))
-        span.set_attributes(attributes)
-        if result.reason is not None or result.status >= 400:
-            span.set_status(otel.StatusCode.ERROR, result.reason or str(result.status))
-        if self._export.admit():
-            span.end()
+        parent: SpanContext | None = trace.parent
+        context = SpanContext(
+            trace.trace_id,
+            trace.span_id,
+            is_remote=False,
+            trace_flags=_SAMPLED if parent is not None else _SAMPLED_RANDOM,
+            trace_state=parent.trace_state if parent is not None else None,
+        )
+        failed = result.reason is not None or result.status >= 400
+        route = trace.route
+        span = ReadableSpan(
+            name=f"chat {call.model}" if call is not None else "chat",
+            context=context,
+            parent=parent,
+            resource=route.resource,
+            attributes=attributes,
+            kind=otel.SpanKind.CLIENT,
+            status=Status(StatusCode.ERROR, result.reason or str(result.status))
+            if failed
+            else _UNSET,
+            start_time=trace.start_ns,
+            end_time=time.time_ns(),
+            instrumentation_scope=route.scope,
+        )
+        self._export.end(span)
 
     def _attributes(
         self, trace: Trace, tenant: Tenant, key_id: str, call: Call | None, result: Result
@@ -125,15 +140,16 @@ class Tracing:
         await asyncio.to_thread(self._export.close)
 
 
-def _parent(headers: list[tuple[bytes, bytes]]) -> Context | None:
-    """The client's trace context, when it sent a valid `traceparent`."""
+def _parent(headers: list[tuple[bytes, bytes]]) -> SpanContext | None:
+    """The client's span context, when it sent a valid `traceparent` (with its `tracestate`)."""
     carrier: dict[str, str] = {}
     for name, value in headers:
         if name in (b"traceparent", b"tracestate"):
             carrier[name.decode()] = value.decode("latin-1")
     if "traceparent" not in carrier:
         return None
-    return _PROPAGATOR.extract(carrier)
+    found = otel.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+    return found if found.is_valid else None
 
 
 def _params(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,8 +17,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 _CACHED = 4096  # attribute encodings kept; past it the cache starts again
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # OTLP's SpanFlags
@@ -79,8 +81,8 @@ def _value(value: Any) -> bytes:
     """An `AnyValue`'s fields (the oneof is written even when it holds its default)."""
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
-    if isinstance(value, str):
-        return _field(1, value.encode())
+    if isinstance(value, str):  # a lone surrogate cannot be UTF-8: it is written as "?"
+        return _field(1, value.encode("utf-8", "replace"))
     if isinstance(value, int):
         return b"\x18" + _varint(value)
     if isinstance(value, float):
@@ -117,13 +119,16 @@ def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
 
 
 def _span_attributes(span: ReadableSpan) -> Mapping[str, Any] | None:
-    """A span's attributes as a plain dict where the SDK keeps one: its public view reads each
-    item through two mapping layers and a lock, a third of the encoding's time."""
-    kept = getattr(getattr(span, "_attributes", None), "_dict", None)
+    """A span's attributes as the plain dict under them, where there is one: the public view of
+    a live span's reads each item through two mapping layers and a lock, a third of the
+    encoding's time."""
+    kept = getattr(span, "_attributes", None)
+    kept = getattr(kept, "_dict", kept)
     return kept if isinstance(kept, dict) else span.attributes
 
 
-def _span(span: ReadableSpan) -> bytes:
+def span(span: ReadableSpan) -> bytes:
+    """A `Span` message's bytes."""
     context = span.get_span_context()
     assert context is not None and span.start_time is not None and span.end_time is not None
     parts = [
@@ -138,7 +143,7 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(_field(4, span.parent.span_id.to_bytes(8, "big")))
         flags |= _IS_REMOTE if span.parent.is_remote else 0
     parts += [
-        _field(5, span.name.encode()),
+        _field(5, span.name.encode("utf-8", "replace")),
         b"\x30" + _varint(span.kind.value + 1),  # the SDK's INTERNAL is 0, OTLP's is 1
         b"\x39" + struct.pack("<Q", span.start_time),
         b"\x41" + struct.pack("<Q", span.end_time),
@@ -154,34 +159,46 @@ def _span(span: ReadableSpan) -> bytes:
     return b"".join(parts)
 
 
-def encode(spans: Sequence[ReadableSpan]) -> bytes:
-    """The export request: spans grouped by resource, then by instrumentation scope."""
-    groups: dict[int, dict[int, list[ReadableSpan]]] = defaultdict(lambda: defaultdict(list))
-    for span in spans:
-        groups[id(span.resource)][id(span.instrumentation_scope)].append(span)
-    out = []
-    for scopes in groups.values():
-        resource = next(iter(scopes.values()))[0].resource
-        body = [_field(1, _attributes(1, resource.attributes))]
-        for members in scopes.values():
-            body.append(_field(2, _scope_spans(members)))
-        if resource.schema_url:
-            body.append(_field(3, resource.schema_url.encode()))
-        out.append(_field(1, b"".join(body)))
-    return b"".join(out)
+Head = tuple[bytes, bytes, bytes]  # a resource's, its scope's, and the resource's schema URL
 
 
-def _scope_spans(spans: list[ReadableSpan]) -> bytes:
-    """A `ScopeSpans`: the scope the spans share, then the spans."""
-    scope = spans[0].instrumentation_scope
-    parts = []
+def head(resource: Resource, scope: InstrumentationScope | None) -> Head:
+    """What every request of a resource's and scope's spans starts with (and ends with)."""
+    scope_part = b""
     if scope is not None:
         version = _field(2, scope.version.encode()) if scope.version else b""
-        parts.append(_field(1, _field(1, scope.name.encode()) + version))
-    parts += [_field(2, _span(s)) for s in spans]
-    if scope is not None and scope.schema_url:
-        parts.append(_field(3, scope.schema_url.encode()))
-    return b"".join(parts)
+        scope_part = _field(1, _field(1, scope.name.encode()) + version)
+    schema = _field(3, resource.schema_url.encode()) if resource.schema_url else b""
+    return _field(1, _attributes(1, resource.attributes)), scope_part, schema
+
+
+def request(start: Head, spans: Sequence[bytes]) -> bytes:
+    """An `ExportTraceServiceRequest` of spans (each `span()`'s bytes) of one resource and
+    scope."""
+    resource, scope, schema = start
+    return _field(1, resource + _scope_spans(scope, spans, "") + schema)
+
+
+def _scope_spans(scope: bytes, spans: Sequence[bytes], schema_url: str) -> bytes:
+    tail = _field(3, schema_url.encode()) if schema_url else b""
+    return _field(2, scope + b"".join([_field(2, s) for s in spans]) + tail)
+
+
+def encode(spans: Sequence[ReadableSpan]) -> bytes:
+    """The export request of any spans, grouped by resource, then by instrumentation scope."""
+    groups: dict[int, dict[int, list[ReadableSpan]]] = defaultdict(lambda: defaultdict(list))
+    for found in spans:
+        groups[id(found.resource)][id(found.instrumentation_scope)].append(found)
+    out = []
+    for scopes in groups.values():
+        parts = []
+        for members in scopes.values():
+            scope = members[0].instrumentation_scope
+            resource, scope_part, schema = head(members[0].resource, scope)
+            url = scope.schema_url if scope is not None and scope.schema_url else ""
+            parts.append(_scope_spans(scope_part, [span(m) for m in members], url))
+        out.append(_field(1, resource + b"".join(parts) + schema))
+    return b"".join(out)
 
 
 class OtlpExporter(OTLPSpanExporter):
@@ -189,7 +206,11 @@ class OtlpExporter(OTLPSpanExporter):
     what `encode` wrote."""
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._shutdown:
-            return SpanExportResult.FAILURE
-        result = self._client.export(encode(spans))
-        return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS if self.send(encode(spans)) else SpanExportResult.FAILURE
+
+    def close(self) -> None:
+        self.shutdown()  # type: ignore[no-untyped-call]
+
+    def send(self, data: bytes) -> bool:
+        """One export request, already encoded; whether the collector took it."""
+        return not self._shutdown and bool(self._client.export(data).success)

@@ -111,3 +111,17 @@ def test_true_and_one_are_not_confused_by_the_cache() -> None:
 
 def test_an_empty_batch() -> None:
     assert wire.encode([]) == b""
+
+
+def test_a_routes_request_is_the_sdks_message_for_its_spans() -> None:
+    """What `Batches` sends: one resource's and scope's spans, each encoded as it ended."""
+    keep = Keep()
+    route = provider(keep, **{"service.name": "g", "wandb.entity": "acme"})
+    tracer = route.get_tracer("inference-gateway")
+    for n in range(3):
+        one = tracer.start_span(f"chat {n}", None, otel.SpanKind.CLIENT, {"n": n, "x": "y"})
+        one.end()
+    first = keep.spans[0]
+    start = wire.head(first.resource, first.instrumentation_scope)
+    ours = decoded(wire.request(start, [wire.span(s) for s in keep.spans]))
+    assert ours == decoded(encode_spans(keep.spans).SerializeToString())
