@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([^"\\]{1,64})"')
+_FINISH = re.compile(rb'"finish_reason": ?"([^"\\]{1,64})"')
 _DATA = b"data:"
 
 
@@ -85,7 +85,7 @@ class Trace:
                         delta = choice.get("delta")
                         if isinstance(delta, dict):
                             self._add(delta)
-        if b"finish_reason" in data:
+        if b'"finish_reason":"' in data or b'"finish_reason": "' in data:  # not null
             for found in _FINISH.findall(data):
                 self._reason(found.decode("utf-8", "replace"))
 

@@ -21,9 +21,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanKind, StatusCode
 
 _CACHED = 4096  # attribute encodings kept; past it the cache starts again
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # OTLP's SpanFlags
+_KINDS = {kind: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}  # OTLP's are 1 up
 _cache: dict[tuple[int, str, type, Any], bytes] = {}
 _names: dict[str, bytes] = {}  # an attribute's name as a KeyValue's first field
 # The attributes whose values repeat from span to span (a resource's, a tenant's, a model's, a
@@ -71,26 +73,37 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+_TAG = [_varint(n << 3 | 2) for n in range(16)]  # a length-delimited field's tag, by number
+_PACK_D, _PACK_Q = struct.Struct("<d").pack, struct.Struct("<Q").pack
+
+
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field: a string, bytes, or an embedded message."""
     n = len(payload)
-    return _varint(number << 3 | 2) + (_SMALL[n] if n < 0x80 else _varint(n)) + payload
+    return _TAG[number] + (_SMALL[n] if n < 0x80 else _varint(n)) + payload
 
 
 def _value(value: Any) -> bytes:
     """An `AnyValue`'s fields (the oneof is written even when it holds its default)."""
-    if isinstance(value, bool):
+    kind = type(value)
+    if kind is str:  # a lone surrogate cannot be UTF-8: it is written as "?"
+        return _field(1, value.encode("utf-8", "replace"))
+    if kind is int:
+        return b"\x18" + _varint(value)
+    if kind is float:
+        return b"\x21" + _PACK_D(value)
+    if kind is bool:
         return b"\x10\x01" if value else b"\x10\x00"
-    if isinstance(value, str):  # a lone surrogate cannot be UTF-8: it is written as "?"
+    if isinstance(value, str):
         return _field(1, value.encode("utf-8", "replace"))
     if isinstance(value, int):
-        return b"\x18" + _varint(value)
+        return b"\x18" + _varint(int(value))
     if isinstance(value, float):
-        return b"\x21" + struct.pack("<d", value)
+        return b"\x21" + _PACK_D(value)
     if isinstance(value, bytes):
         return _field(7, value)
     if isinstance(value, Sequence):
-        return _field(5, b"".join(_field(1, _value(v)) for v in value))
+        return _field(5, b"".join([_field(1, _value(v)) for v in value]))
     return b""  # None (the SDK keeps no other kind)
 
 
@@ -99,8 +112,10 @@ def _key_value(number: int, key: str, value: Any) -> bytes:
     if key not in KEPT:
         name = _names.get(key)
         if name is None:
-            name = _names[key] = _field(1, key.encode()) if len(_names) < _CACHED else b""
-        return _field(number, (name or _field(1, key.encode())) + _field(2, _value(value)))
+            name = _field(1, key.encode())
+            if len(_names) < _CACHED:
+                _names[key] = name
+        return _field(number, name + _field(2, _value(value)))
     cached = (number, key, type(value), value)
     found = _cache.get(cached)
     if found is None:
@@ -114,8 +129,7 @@ def _key_value(number: int, key: str, value: Any) -> bytes:
 def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
-    items = attributes.items()
-    return b"".join([_key_value(number, k, v) for k, v in items])
+    return b"".join([_key_value(number, k, v) for k, v in attributes.items()])
 
 
 def _span_attributes(span: ReadableSpan) -> Mapping[str, Any] | None:
@@ -132,29 +146,33 @@ def span(span: ReadableSpan) -> bytes:
     context = span.get_span_context()
     assert context is not None and span.start_time is not None and span.end_time is not None
     parts = [
-        _field(1, context.trace_id.to_bytes(16, "big")),
-        _field(2, context.span_id.to_bytes(8, "big")),
+        b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
+        b"\x12\x08" + context.span_id.to_bytes(8, "big"),
     ]
     if context.trace_state:
         state = ",".join(f"{k}={v}" for k, v in context.trace_state.items())
         parts.append(_field(3, state.encode()))
     flags = _HAS_IS_REMOTE
-    if span.parent is not None:
-        parts.append(_field(4, span.parent.span_id.to_bytes(8, "big")))
-        flags |= _IS_REMOTE if span.parent.is_remote else 0
+    parent = span.parent
+    if parent is not None:
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+        flags |= _IS_REMOTE if parent.is_remote else 0
     parts += [
         _field(5, span.name.encode("utf-8", "replace")),
-        b"\x30" + _varint(span.kind.value + 1),  # the SDK's INTERNAL is 0, OTLP's is 1
-        b"\x39" + struct.pack("<Q", span.start_time),
-        b"\x41" + struct.pack("<Q", span.end_time),
+        _KINDS[span.kind],
+        b"\x39" + _PACK_Q(span.start_time),
+        b"\x41" + _PACK_Q(span.end_time),
         _attributes(9, _span_attributes(span)),
     ]
     if span.dropped_attributes:
         parts.append(b"\x50" + _varint(span.dropped_attributes))
     status = span.status
-    message = _field(2, status.description.encode()) if status.description else b""
-    code = status.status_code.value
-    parts.append(_field(15, message + (b"\x18" + _varint(code) if code else b"")))
+    code = status.status_code
+    if status.description or code is not StatusCode.UNSET:
+        message = _field(2, status.description.encode()) if status.description else b""
+        parts.append(_field(15, message + (b"\x18" + _varint(code.value) if code.value else b"")))
+    else:
+        parts.append(b"\x7a\x00")  # an empty Status, as the SDK writes it
     parts.append(b"\x85\x01" + struct.pack("<I", flags))
     return b"".join(parts)
 
