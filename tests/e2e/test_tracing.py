@@ -268,3 +268,63 @@ def test_a_slow_receiver_fills_the_queue_not_the_requests(fake: Proc) -> None:
         gateway.stop()
         otlp.stop()
     assert gateway.logs().count("new spans are dropped") == 1
+
+
+def test_responses_api_calls_are_traced(traced: Proc, otlp: Receiver) -> None:
+    raw = client(traced).responses.with_raw_response.create(model=LLAMA, input="Say hello")
+    response = raw.parse()
+    a = otlp.of(raw.headers["x-request-id"]).attributes
+    assert a["gen_ai.request.model"] == LLAMA and a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.usage.input_tokens"] == response.usage.input_tokens
+    assert a["gen_ai.usage.output_tokens"] == response.usage.output_tokens
+
+
+def test_a_streamed_tool_call_is_captured(traced: Proc, otlp: Receiver) -> None:
+    weather: Any = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    raw = client(traced, ADS_KEY).chat.completions.with_raw_response.create(
+        model=LLAMA, messages=USER, tools=[weather], stream=True
+    )
+    chunks: list[Any] = list(raw.parse())
+    arguments = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments or ""
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+    )
+    a = otlp.of(raw.headers["x-request-id"]).attributes
+    assert a["gen_ai.response.finish_reasons"] == ("tool_calls",)
+    output = a["gen_ai.output.messages"]  # cut at CAP characters, as the tenant's captures are
+    whole = [{"role": "assistant", "parts": [{"type": "tool_call", "name": "get_weather"}]}]
+    assert len(output) == CAP and json.dumps(whole, separators=(",", ":")).startswith(output)
+    assert json.loads(arguments)["city"]  # what the span's part was cut from
+
+
+@pytest.fixture(scope="module")
+def half(fake: Proc, otlp: Receiver) -> Iterator[Proc]:
+    proc = start_gateway(
+        base_config(fake.url, tracing={"endpoint": otlp.url(), "sample_ratio": 0.5})
+    )
+    yield proc
+    proc.stop()
+
+
+def test_sampling_decides_by_trace_id(half: Proc, fake: Proc, otlp: Receiver) -> None:
+    """At 0.5, a trace id whose low 64 bits are under 2**63 is sampled, one above is not,
+    whatever the client's flag says; the traceparent upstream says which."""
+    dropped_trace, kept_trace = "1" * 16 + "f" * 16, "2" * 16 + "0" * 15 + "1"
+    first, _ = call(half, extra_headers={"traceparent": f"00-{dropped_trace}-{CLIENT_SPAN}-01"})
+    assert seen(fake)[-1]["headers"]["traceparent"].endswith("-00")
+    second, _ = call(half, extra_headers={"traceparent": f"00-{kept_trace}-{CLIENT_SPAN}-00"})
+    assert seen(fake)[-1]["headers"]["traceparent"].endswith("-01")
+    assert otlp.of(second).trace_id == kept_trace
+    # spans go in order: had the first been kept, it would have come by now
+    assert not [s for s in otlp.spans() if s.attributes.get("gateway.request_id") == first]
