@@ -21,7 +21,7 @@ import orjson
 
 from gateway.catalog import Catalog
 from gateway.chat_body import ChatBody, read, splice
-from gateway.config import Settings, Tenant
+from gateway.config import Model, Settings, Tenant
 from gateway.cost import priced
 from gateway.errors import BadRequest, ModelNotFound, PermissionDenied
 from gateway.exchange import Call
@@ -61,13 +61,7 @@ def chat_request(
     if not Catalog.allowed(tenant, resolved):
         raise ModelNotFound(model)
     price = settings.models.get(resolved)
-    if tenant.monthly_budget_usd is not None and not priced(price):
-        raise PermissionDenied(
-            f"The model `{model}` has no price in the gateway's config, so tenant "
-            f"{tenant.name!r}, which has a monthly budget, may not use it.",
-            param="model",
-            code="model_not_priced",
-        )
+    _check_priced(tenant, model, price)
     changes, strip_usage = _usage_changes(parsed) if stream else ([], False)
     if resolved != model:
         changes.append((*parsed.spans["model"], orjson.dumps(resolved)))
@@ -100,6 +94,17 @@ def chat_request(
         read_fields=parsed.fields,
         trace=trace,
     )
+
+
+def _check_priced(tenant: Tenant, model: str, price: Model | None) -> None:
+    """A tenant with a budget may use only priced models: its spend must be counted."""
+    if tenant.monthly_budget_usd is not None and not priced(price):
+        raise PermissionDenied(
+            f"The model `{model}` has no price in the gateway's config, so tenant "
+            f"{tenant.name!r}, which has a monthly budget, may not use it.",
+            param="model",
+            code="model_not_priced",
+        )
 
 
 @functools.lru_cache(maxsize=1024)

@@ -89,6 +89,13 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._counters()
+        self.trace_spans_dropped = Counter(
+            "gateway_trace_spans_dropped",
+            "Trace spans never exported, by reason: queue_full (more waiting than "
+            "tracing.max_queue) or export_failed (the collector refused them or was unreachable)",
+            ["reason"],
+            registry=self.registry,
+        )
         self._histograms()
         self._live = _LiveCollector(live)
         self.registry.register(self._live)
@@ -144,12 +151,6 @@ class Metrics:
         self.connections_refused = counter(
             "gateway_connections_refused",
             "Connections the HTTP server answered itself and closed, by bound (see http_guard)",
-            "reason",
-        )
-        self.trace_spans_dropped = counter(
-            "gateway_trace_spans_dropped",
-            "Trace spans never exported, by reason: queue_full (more waiting than "
-            "tracing.max_queue) or export_failed (the collector refused them or was unreachable)",
             "reason",
         )
         self.admin_actions = counter(
