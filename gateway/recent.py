@@ -1,12 +1,14 @@
 """The replica's recent chat requests, for the console (`/admin/requests`, `/v1/requests`).
 
 `Recent` keeps the last `SIZE` finished chat completions (and Responses API calls, which are
-chat completions inside) of this process in a ring, and counts their errors by tenant and reason
-in one-minute buckets over the last `WINDOW_MINUTES`. Both are memory only, per process: with
-several replicas (or `serve --workers N`) each shows what it served, and a restart forgets them.
+chat completions inside) of this process in a ring, and besides the last `TENANT_SIZE` of each
+tenant in the tenant's own ring, so that a busy tenant never pushes a quiet one's out of its
+view; it counts their errors by tenant and reason in one-minute buckets over the last
+`WINDOW_MINUTES`. All of it is memory only, per process: with several replicas (or `serve
+--workers N`) each shows what it served, and a restart forgets them.
 
-On the hot path a request costs one `Finished` made and appended to a bounded deque (O(1), no
-I/O, no lock: the event loop is the only writer), plus one dict increment when it failed. What
+On the hot path a request costs one `Finished` made and appended to two bounded deques (O(1),
+no I/O, no lock: the event loop is the only writer), plus one dict increment when it failed. What
 an entry holds is what the access log already shows: ids, never a key, never a prompt or an
 answer. Its cost is worked out when the entry is read, from the price the request ran under,
 so the hot path pays nothing for it; it is the figure added to the tenant's spend.
@@ -25,7 +27,8 @@ from gateway.cost import cost_usd
 from gateway.exchange import Call, Result
 from gateway.record import RequestRecord
 
-SIZE = 1000  # entries kept per process
+SIZE = 1000  # entries kept per process, every tenant's
+TENANT_SIZE = 100  # and each tenant's last ones, whatever the others do
 WINDOW_MINUTES = 5  # error counts: this many one-minute buckets, the current one partial
 
 
@@ -81,10 +84,14 @@ class Recent:
     def __init__(
         self,
         size: int = SIZE,
+        tenant_size: int = TENANT_SIZE,
         window_minutes: int = WINDOW_MINUTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._ring: deque[Finished] = deque(maxlen=size)
+        self._tenant_size = tenant_size
+        # One ring per tenant name ever served: tenants come from the config, so it is bounded.
+        self._own: dict[str, deque[Finished]] = {}
         self.window_minutes = window_minutes
         self._clock = clock
         self._errors: dict[int, Counter[tuple[str, str]]] = {}  # minute -> (tenant, reason)
@@ -95,18 +102,21 @@ class Recent:
         if tenant is None:  # auth lets no chat request through without one
             return
         now = self._clock()
-        self._ring.append(
-            Finished(
-                now,
-                record.request_id,
-                tenant.name,
-                record.key_id or "-",
-                record.model,
-                None if call is None else call.stream,
-                None if call is None else call.price,
-                result,
-            )
+        entry = Finished(
+            now,
+            record.request_id,
+            tenant.name,
+            record.key_id or "-",
+            record.model,
+            None if call is None else call.stream,
+            None if call is None else call.price,
+            result,
         )
+        self._ring.append(entry)
+        own = self._own.get(tenant.name)
+        if own is None:
+            own = self._own[tenant.name] = deque(maxlen=self._tenant_size)
+        own.append(entry)
         if result.reason:
             self._count(int(now // 60), tenant.name, result.reason)
 
@@ -119,17 +129,19 @@ class Recent:
         bucket[(tenant, reason)] += 1
 
     def newest(self, tenant: str | None = None) -> Iterator[Finished]:
-        """The entries newest first, only `tenant`'s when given."""
-        for entry in reversed(self._ring):
-            if tenant is None or entry.tenant == tenant:
-                yield entry
+        """The entries newest first: every tenant's (up to `SIZE`), or only `tenant`'s (up to
+        `TENANT_SIZE`, from its own ring)."""
+        if tenant is None:
+            return reversed(self._ring)
+        own = self._own.get(tenant)
+        return iter(()) if own is None else reversed(own)
 
     def find(self, tenant: str, request_id: str) -> Finished | None:
         """The tenant's newest entry with this request id (a client may reuse its ids)."""
         return next((e for e in self.newest(tenant) if e.request_id == request_id), None)
 
     def tenants(self) -> set[str]:
-        return {entry.tenant for entry in self._ring}
+        return set(self._own)
 
     def errors(self, tenant: str | None = None) -> dict[str, dict[str, int]]:
         """Error counts over the window: `{tenant: {reason: count}}`, only `tenant`'s when

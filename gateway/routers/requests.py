@@ -2,7 +2,7 @@
 own for its keys.
 
     GET /admin/requests[?limit=N&tenant=NAME]   admin key: the newest N (default 100)
-    GET /v1/requests[?limit=N]                  tenant key: its own newest N
+    GET /v1/requests[?limit=N]                  tenant key: its own newest N (at most 100 held)
     GET /v1/requests/{id}                       tenant key: one of its own, by request id
 
 Each list comes with the error counts by reason over the last minutes, of the same tenants.
@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from gateway.errors import BadRequest, NotFound
-from gateway.recent import SIZE, Recent
+from gateway.recent import SIZE, TENANT_SIZE, Recent
 from gateway.routers.deps import RuntimeDep, TenantDep
 from gateway.routers.schemas import RecentList, RecentRequest, errors
 
@@ -81,7 +81,7 @@ async def own_request(request_id: str, runtime: RuntimeDep, tenant: TenantDep) -
     if entry is None:
         raise NotFound(
             "No recent request of yours with this id on this gateway replica: each replica "
-            f"keeps the last {SIZE} requests of every tenant together, in memory.",
+            f"keeps the last {TENANT_SIZE} requests of each tenant, in memory.",
             param="request_id",
             code="request_not_found",
         )

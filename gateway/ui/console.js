@@ -14,43 +14,46 @@ export class Console {
     this.fine = fine;
     this.keys = new Keys(report);
     this.timer = null;
-    this.stopped = true;
+    // Each start() begins a new refresh loop; a loop whose generation has passed (signed out,
+    // or out and in again while its fetch was pending) stops at its next step.
+    this.generation = 0;
   }
 
   start(usage) {
-    this.stopped = false;
+    this.generation += 1;
     this.render(usage, null);
-    this.tick();
+    this.tick(this.generation);
   }
 
   stop() {
-    this.stopped = true;
+    this.generation += 1;
     clearTimeout(this.timer);
     this.keys.clear();
     for (const id of ["#accounts", "#tenants", "#requests"]) rows($(id), []);
     $("#month").textContent = "";
   }
 
-  async tick() {
+  async tick(generation) {
+    const stopped = () => generation !== this.generation;
     const started = Date.now();
     try {
       const [usage, recent] = await Promise.all([
         api("/admin/usage"),
         api("/admin/requests?limit=100"),
       ]);
-      if (this.stopped) return;
+      if (stopped()) return;
       this.render(usage, recent);
       await this.keys.refresh(Object.keys(usage.tenants).sort());
-      if (this.stopped) return;
+      if (stopped()) return;
       $("#refreshed").textContent = `refreshed ${clock(Date.now() / 1000)}`;
       this.fine();
     } catch (error) {
-      if (this.stopped) return;
+      if (stopped()) return;
       this.report(error);
     }
-    if (!this.stopped) {
+    if (!stopped()) {
       const wait = Math.max(0, EVERY_MS - (Date.now() - started));
-      this.timer = setTimeout(() => this.tick(), wait);
+      this.timer = setTimeout(() => this.tick(generation), wait);
     }
   }
 

@@ -16,6 +16,7 @@ export class Keys {
     this.shown = ""; // the list as last drawn: redrawn only when it changed
     this.tenants = "";
     this.pending = null; // {action: "revoke" | "rotate", id}
+    this.busy = false; // a change is on its way: a second click does nothing
     this.grace = "3600";
     this.form.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -98,8 +99,15 @@ export class Keys {
     } else if (action === "cancel") {
       this.pending = null;
     } else {
+      if (this.busy) return;
       this.pending = null;
-      await this.change(action, id);
+      this.busy = true;
+      this.draw(); // its confirm row goes at once: one click, one change
+      try {
+        await this.change(action, id);
+      } finally {
+        this.busy = false;
+      }
     }
     this.draw();
   }
@@ -122,6 +130,17 @@ export class Keys {
   }
 
   async create() {
+    const submit = $("button[type=submit]", this.form);
+    if (submit.disabled) return; // one key per click, however fast the clicks
+    submit.disabled = true;
+    try {
+      await this.createKey();
+    } finally {
+      submit.disabled = false;
+    }
+  }
+
+  async createKey() {
     const form = this.form.elements;
     const body = { tenant: form.tenant.value, name: form.name.value.trim() };
     if (form.expires_days.value) body.expires_in_s = Number(form.expires_days.value) * DAY_S;

@@ -14,18 +14,20 @@ export class TenantView {
     this.fine = fine;
     this.playground = new Playground(report);
     this.timer = null;
-    this.stopped = true;
+    // Each start() begins a new refresh loop; a loop whose generation has passed (signed out,
+    // or out and in again while its fetch was pending) stops at its next step.
+    this.generation = 0;
   }
 
   start(usage) {
-    this.stopped = false;
+    this.generation += 1;
     this.render(usage, null);
     this.playground.load();
-    this.tick();
+    this.tick(this.generation);
   }
 
   stop() {
-    this.stopped = true;
+    this.generation += 1;
     clearTimeout(this.timer);
     this.playground.clear();
     $("#own-usage").replaceChildren();
@@ -34,24 +36,25 @@ export class TenantView {
     rows($("#own-requests"), []);
   }
 
-  async tick() {
+  async tick(generation) {
+    const stopped = () => generation !== this.generation;
     const started = Date.now();
     try {
       const [usage, recent] = await Promise.all([
         api("/v1/usage"),
         api("/v1/requests?limit=100"),
       ]);
-      if (this.stopped) return;
+      if (stopped()) return;
       this.render(usage, recent);
       $("#refreshed").textContent = `refreshed ${clock(Date.now() / 1000)}`;
       this.fine();
     } catch (error) {
-      if (this.stopped) return;
+      if (stopped()) return;
       this.report(error);
     }
-    if (!this.stopped) {
+    if (!stopped()) {
       const wait = Math.max(0, EVERY_MS - (Date.now() - started));
-      this.timer = setTimeout(() => this.tick(), wait);
+      this.timer = setTimeout(() => this.tick(generation), wait);
     }
   }
 

@@ -6,6 +6,7 @@ revoked from the page, checked with the official SDK."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import expect
 
 from tests.browser.conftest import ADMIN_KEY, Ui
@@ -217,6 +219,19 @@ async def test_a_refused_key_change_shows_the_gateways_message(ui: Ui, ui_gatewa
     await expect(ui.page.locator("#new-key")).to_be_hidden()
 
 
+def slowed(delay_s: float, on: list[bool]) -> Any:
+    """A route handler that holds each request `delay_s` while `on[0]`, then lets it go (and
+    lets the browser's closing end what is still held)."""
+
+    async def handle(route: Any) -> None:
+        if on[0]:
+            await asyncio.sleep(delay_s)
+        with contextlib.suppress(PlaywrightError):
+            await route.continue_()
+
+    return handle
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -234,3 +249,60 @@ def refusal(gateway: Proc, key: str) -> str | None:
     except openai.AuthenticationError as exc:
         return str(exc.code)
     return None
+
+
+async def test_signing_out_and_in_while_a_refresh_is_pending_leaves_one_refresh_loop(
+    ui: Ui,
+) -> None:
+    """The console refreshes every 2 s; a refresh still waiting for its answers when the user
+    signs out (and in again) must end there, not carry on beside the new session's loop."""
+    page = ui.page
+    slowing = [True]
+    slow = slowed(1.5, slowing)
+
+    await page.route("**/admin/requests*", slow)
+    await ui.sign_in(ADMIN_KEY, "console")  # its first refresh is now waiting on /admin/requests
+    await page.click("#signout")
+    await ui.sign_in(ADMIN_KEY, "console")
+    await asyncio.sleep(2.0)  # the first session's refresh has had its answers by now
+    slowing[0] = False
+    asked: list[float] = []
+
+    def note(request: Any) -> None:
+        if "/admin/requests" in request.url:
+            asked.append(time.monotonic())
+
+    page.on("request", note)
+    await asyncio.sleep(6.1)
+    # One loop asks every 2 s: three times in 6 s (four at a boundary); two loops: six.
+    assert 2 <= len(asked) <= 4, asked
+    assert ui.errors == []
+
+
+async def test_a_double_click_makes_one_key_and_one_rotation(ui: Ui, ui_gateway: Proc) -> None:
+    page = ui.page
+    slow = slowed(0.5, [True])  # the answer takes long enough for a second click
+
+    await ui.sign_in(ADMIN_KEY, "console")
+    await page.route("**/admin/keys**", slow)
+    await page.select_option("#key-create select[name=tenant]", "ads")
+    await page.fill("#key-create input[name=name]", "clicked-twice")
+    await page.dblclick("#key-create button[type=submit]")
+    await shown_secret(ui)
+    await page.click("#new-key .dismiss")
+    made = [
+        k for k in (await admin(ui_gateway, "/admin/keys"))["data"] if k["name"] == "clicked-twice"
+    ]
+    assert len(made) == 1, made
+
+    row = page.locator(f"#keys tr[data-key-id={made[0]['id']}]")
+    await row.locator("button[data-action=ask-rotate]").click()
+    await page.locator(
+        f"#keys tr[data-confirm={made[0]['id']}] button[data-action=rotate]"
+    ).dblclick()
+    await shown_secret(ui)
+    named = [
+        k for k in (await admin(ui_gateway, "/admin/keys"))["data"] if k["name"] == "clicked-twice"
+    ]
+    assert len(named) == 2, named  # the old key and one new one
+    assert ui.errors == []

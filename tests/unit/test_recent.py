@@ -66,6 +66,24 @@ def test_each_tenant_sees_only_its_own_and_find_takes_the_newest_of_an_id() -> N
     assert ring.tenants() == {"search", "ads"}
 
 
+def test_a_busy_tenant_never_pushes_a_quiet_ones_requests_out_of_its_view() -> None:
+    ring = Recent(size=10, tenant_size=4)
+    for i in range(3):
+        ring.add(record("ads", f"quiet_{i}"), FakeCall(), ok())
+    for i in range(50):
+        ring.add(record("search", f"busy_{i}"), FakeCall(), ok())
+    # Every tenant's list: the newest 10, all the busy tenant's.
+    assert [e.request_id for e in ring.newest()][:2] == ["busy_49", "busy_48"]
+    assert len(list(ring.newest())) == 10
+    assert all(e.tenant == "search" for e in ring.newest())
+    # The quiet tenant still sees (and finds) its own; the busy one its last 4.
+    assert [e.request_id for e in ring.newest("ads")] == ["quiet_2", "quiet_1", "quiet_0"]
+    assert ring.find("ads", "quiet_0") is not None
+    assert [e.request_id for e in ring.newest("search")] == [f"busy_{i}" for i in (49, 48, 47, 46)]
+    assert ring.find("search", "busy_45") is None
+    assert list(ring.newest("nobody")) == [] and ring.tenants() == {"ads", "search"}
+
+
 def test_the_cost_is_the_one_charged_or_worked_out_as_settle_does() -> None:
     ring = Recent()
     usage = Usage(1000, 500, cached_tokens=0)
