@@ -72,7 +72,7 @@ def chat_request(
     if changes:
         body = splice(body, changes)
     project = request_project(headers, tenant)
-    traceparent = trace.traceparent if trace is not None else None
+    context = (trace.traceparent, trace.tracestate) if trace is not None else None
     return Call(
         request_id=request_id,
         tenant=tenant,
@@ -85,7 +85,7 @@ def chat_request(
         stream=stream,
         body=body,
         headers=upstream_headers(
-            headers, account, project, request_id, tenant.forward_headers, traceparent
+            headers, account, project, request_id, tenant.forward_headers, context
         ),
         start=start,
         deadline=start + settings.limiter.queue_timeout_s,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # What openai-python, openai-node and the other OpenAI SDKs send besides credentials. The
 # gateway sets Content-Type itself (every body it sends is JSON).
 UP = frozenset({b"accept", b"user-agent", b"openai-beta", b"traceparent", b"tracestate"})
+_TRACE_CONTEXT = (b"traceparent", b"tracestate")
 UP_PREFIX = b"x-stainless-"  # the SDKs' own: language, version, retry count, timeout
 
 # W&B's headers a client still gets: (as aiohttp names them, as ASGI sends them).
@@ -93,16 +94,17 @@ def upstream_headers(
     project: str,
     request_id: str,
     forward: frozenset[str] = frozenset(),
-    traceparent: str | None = None,
+    trace: tuple[str, str | None] | None = None,
 ) -> dict[str, str]:
     """The caller's headers that may go up (`forward`: the tenant's own names), then the
-    gateway's, with the account's key; `traceparent`, the gateway's span, replaces the
-    caller's (which is its parent)."""
+    gateway's, with the account's key. `trace`, the gateway's span as `traceparent` and
+    `tracestate`, replaces the caller's: its parent's state when the caller's `traceparent`
+    was valid, none when the gateway began a trace of its own (W3C: a new trace drops it)."""
     kept: list[tuple[bytes, bytes]] = []
     hop: set[bytes] = set()
     for name, value in raw:
         name = name.lower()
-        if traceparent is not None and name == b"traceparent":
+        if trace is not None and name in _TRACE_CONTEXT:
             continue
         if name in UP or name.startswith(UP_PREFIX):
             kept.append((name, value))
@@ -117,8 +119,10 @@ def upstream_headers(
     headers["OpenAI-Project"] = project
     headers["X-Request-Id"] = request_id
     headers["Content-Type"] = "application/json"
-    if traceparent is not None:
-        headers["traceparent"] = traceparent
+    if trace is not None:
+        headers["traceparent"] = trace[0]
+        if trace[1]:
+            headers["tracestate"] = trace[1]
     return headers
 
 

@@ -92,7 +92,8 @@ class Metrics:
         self.trace_spans_dropped = Counter(
             "gateway_trace_spans_dropped",
             "Trace spans never exported, by reason: queue_full (more waiting than "
-            "tracing.max_queue) or export_failed (the collector refused them or was unreachable)",
+            "tracing.max_queue or 64 MiB), export_failed (the collector refused them or was "
+            "unreachable) or too_many_routes (past 1000 account, key and project routes)",
             ["reason"],
             registry=self.registry,
         )

@@ -54,7 +54,7 @@ def make_usage_store(settings: Settings) -> UsageStore:
     return MemoryUsageStore()
 
 
-def make_tracing(settings: Settings, metrics: Metrics) -> Tracing | None:
+def make_tracing(settings: Settings, metrics: Metrics, reader: BodyReader) -> Tracing | None:
     """Spans when `tracing` has somewhere to send them; OpenTelemetry is imported only then."""
     if not settings.tracing.url:
         return None
@@ -63,7 +63,7 @@ def make_tracing(settings: Settings, metrics: Metrics) -> Tracing | None:
     def dropped(reason: str, spans: int) -> None:
         metrics.child(metrics.trace_spans_dropped, reason).inc(spans)
 
-    return Tracing(settings, dropped)
+    return Tracing(settings, dropped, reader)
 
 
 class Runtime:
@@ -88,7 +88,7 @@ class Runtime:
         self.body_reader = BodyReader()
         self.keys = Keys(make_key_store(settings), settings)
         self.responses = make_response_store(settings)
-        self.tracing = make_tracing(settings, self.metrics)
+        self.tracing = make_tracing(settings, self.metrics, self.body_reader)
         self.recent = Recent()  # the last requests, for the console (no I/O)
 
     @classmethod

@@ -137,10 +137,11 @@ class ChatCompletions:
             result = Result(CLIENT_CLOSED, "client_disconnect", time.monotonic() - start)
         record.finished(result)
         runtime.recent.add(record, call, result)
-        if record.trace is not None:
-            assert runtime.tracing is not None
-            runtime.tracing.finish(record.trace, tenant, record.key_id or "-", call, result)
+        trace, ended_ns = record.trace, time.time_ns()
         await runtime.accounting.settle(tenant, call, result)
+        if trace is not None:
+            assert runtime.tracing is not None
+            await runtime.tracing.finish(trace, ended_ns, record.key_id or "-", call, result)
 
     def responder(
         self, send: Send, receive: Receive, runtime: Runtime, tenant: Tenant

@@ -14,6 +14,8 @@ end) would only add its cost: 20 us a request, measured, a third of tracing's.
 
 from __future__ import annotations
 
+import logging
+
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -24,6 +26,8 @@ from gateway.config import Account
 from gateway.tracing import wire
 from gateway.tracing.batches import Batches, Dropped, Route
 from gateway.tracing.settings import TracingSettings
+
+logger = logging.getLogger(__name__)
 
 MAX_ROUTES = 1000  # account and project pairs; a config reloaded again and again stays bounded
 SCOPE = InstrumentationScope("inference-gateway", "0.1.0")
@@ -38,6 +42,8 @@ class Export:
         self.ids = RandomIdGenerator()
         self._routes: dict[tuple[str, str, str], Route] = {}
         self._keys: set[str] = set()
+        self._dropped = dropped
+        self._said_full = False
         self._processor = Batches(settings.max_queue, dropped, self._secrets)
 
     def admit(self) -> bool:
@@ -52,11 +58,23 @@ class Export:
         self._processor.on_end(span)
 
     def route(self, account: Account, project: str) -> Route | None:
-        """Where a request's span goes; None past MAX_ROUTES (the span is dropped)."""
+        """Where a request's span goes; None past MAX_ROUTES (the span is dropped, counted
+        as `too_many_routes`, and that said once)."""
         weave = self._settings.weave
         key = (account.name, account.api_key, project) if weave else ("", "", "")
         route = self._routes.get(key)
-        if route is None and len(self._routes) < MAX_ROUTES:
+        if route is None:
+            if len(self._routes) >= MAX_ROUTES:
+                self._dropped("too_many_routes", 1)
+                if not self._said_full:
+                    self._said_full = True
+                    logger.warning(
+                        "tracing: %d routes (account, key and project) are in use, so spans "
+                        "to others are dropped (counted in gateway_trace_spans_dropped_total) "
+                        "until a restart",
+                        MAX_ROUTES,
+                    )
+                return None
             route = self._routes[key] = self._route(account, project)
             self._processor.routes[id(route.resource)] = route
         return route

@@ -18,11 +18,13 @@ import orjson
 
 _FINISH = re.compile(rb'"finish_reason": ?"([^"\\]{1,64})"')
 _DATA = b"data:"
+MAX_TOOL_CALLS = 64  # kept of one answer, with capture on
 
 
 class Trace:
     __slots__ = (
         "_calls",
+        "_kept",
         "_parts",
         "capture",
         "finish_reasons",
@@ -35,8 +37,10 @@ class Trace:
         "route",
         "span_id",
         "start_ns",
+        "tenant",
         "trace_id",
         "traceparent",
+        "tracestate",
     )
 
     def __init__(
@@ -47,21 +51,27 @@ class Trace:
         project: str,
         capture: bool,
         max_chars: int,
+        tenant: tuple[str, str] = ("", ""),
     ) -> None:
         self.route = route  # where the span goes (`batches.Route`), and the client's span
         self.parent = parent  # context or None: typed Any so that this module imports neither
         self.trace_id, self.span_id, self.recording = ids  # recording: sampled
         flags = "01" if self.recording else "00"
         self.traceparent = f"00-{self.trace_id:032x}-{self.span_id:016x}-{flags}"
+        self.tracestate: str | None = None  # the parent's, as the span carries it on
+        if parent is not None and (state := parent.trace_state):
+            self.tracestate = state.to_header()
         self.start_ns = time.time_ns()
         self.project = project  # where a Weave span goes (the request's OpenAI-Project)
+        self.tenant = tenant  # (name, own project)
         self.capture = capture and self.recording
         self.max_chars = max_chars
         self.response_id: str | None = None
         self.response_model: str | None = None
         self.finish_reasons: list[str] = []
         self._parts: list[str] = []  # the answer's text, with capture on
-        self._calls: dict[int, list[str]] = {}  # tool call index -> name, then arguments
+        self._kept = 0  # its characters
+        self._calls: dict[int, _ToolCall] = {}  # by the tool call's index
 
     def answer(self, payload: Any) -> None:
         """A whole answer, as upstream's JSON."""
@@ -94,8 +104,8 @@ class Trace:
         if not self.capture:
             return None
         calls = [
-            {"type": "tool_call", "name": parts[0], "arguments": "".join(parts[1:])}
-            for _, parts in sorted(self._calls.items())
+            {"type": "tool_call", "name": call.name, "arguments": "".join(call.parts)}
+            for _, call in sorted(self._calls.items())
         ]
         return "".join(self._parts), calls
 
@@ -110,25 +120,42 @@ class Trace:
             self.finish_reasons.append(reason[:64])
 
     def _add(self, message: dict[str, Any]) -> None:
-        """A message's (or a delta's) text and tool calls, until `max_chars` are kept."""
-        room = self.max_chars - sum(map(len, self._parts))
+        """A message's (or a delta's) text and tool calls, until `max_chars` are kept of each
+        (counted as they come: a stream's every delta costs the same, however long it runs)."""
         text = message.get("content")
-        if isinstance(text, str) and room > 0:
+        room = self.max_chars - self._kept
+        if isinstance(text, str) and text and room > 0:
             self._parts.append(text[:room])
+            self._kept += min(len(text), room)
         calls = message.get("tool_calls")
         for n, call in enumerate(calls if isinstance(calls, list) else ()):
-            if not isinstance(call, dict) or len(self._calls) >= 64:
+            if not isinstance(call, dict):
                 continue
             index = call.get("index", n)
             function = call.get("function")
             if not isinstance(index, int) or not isinstance(function, dict):
                 continue
-            parts = self._calls.setdefault(index, [""])
+            kept = self._calls.get(index)
+            if kept is None:
+                if len(self._calls) >= MAX_TOOL_CALLS:
+                    continue
+                kept = self._calls[index] = _ToolCall()
             if isinstance(name := function.get("name"), str):
-                parts[0] = name[:200]
+                kept.name = name[:200]
             arguments = function.get("arguments")
-            if isinstance(arguments, str) and sum(map(len, parts)) < self.max_chars:
-                parts.append(arguments[: self.max_chars])
+            room = self.max_chars - kept.chars
+            if isinstance(arguments, str) and arguments and room > 0:
+                kept.parts.append(arguments[:room])
+                kept.chars += min(len(arguments), room)
+
+
+class _ToolCall:
+    __slots__ = ("chars", "name", "parts")
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.parts: list[str] = []  # its arguments, as they came
+        self.chars = 0
 
 
 def _choices(payload: dict[str, Any]) -> list[dict[str, Any]]:

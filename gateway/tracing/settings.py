@@ -18,6 +18,7 @@ CONTENT_MAX_CHARS = 16 * 1024
 _OWN_HEADERS = frozenset({"content-type", "content-length", "content-encoding", "wandb-api-key"})
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _URL = re.compile(r"https?://[^/\s]+(/\S*)?")
 
 
@@ -54,6 +55,12 @@ class TracingSettings(ct.Section):
                 raise ValueError(f"header name {name!r} is not a string")
             if name.lower() in _OWN_HEADERS:
                 raise ValueError(f"{name} is set by the gateway itself")
+            value = headers[name]
+            if isinstance(value, str) and (value != value.strip() or _CONTROL.search(value)):
+                # an HTTP header value cannot hold them; the SDK's error would print the value
+                raise ValueError(
+                    f"the value of {name} has surrounding spaces or a control character"
+                )
         return {name.lower(): value for name, value in headers.items()}
 
     @property

@@ -1,6 +1,6 @@
 """`Tracing`: one span per chat request, OpenTelemetry's GenAI conventions plus the gateway's own.
 
-    start(headers, tenant) -> Trace --(the proxy notes the answer)--> finish(trace, call, result)
+    start(headers, ...) -> Trace --(the proxy notes the answer)--> finish(trace, ..., call, result)
 
 The span is a CLIENT span named `chat {model}`: the conventions model an inference call from
 the caller of the model's API, which the gateway is for W&B. It starts at the request's arrival,
@@ -17,23 +17,25 @@ its chunks) go in `gen_ai.input.messages`/`gen_ai.output.messages` and OpenInfer
 
 from __future__ import annotations
 
-import time
+import logging
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
-import orjson
 from opentelemetry import trace as otel
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gateway.chat_body import SAMPLING
+from gateway.chat_body import SAMPLING, BodyReader, BodyReaderGone
 from gateway.config import Account, Settings, Tenant
 from gateway.exchange import Call, Result
 from gateway.tracing.batches import Dropped
-from gateway.tracing.content import input_messages, output_messages
+from gateway.tracing.content import input_attributes, output_messages
 from gateway.tracing.export import Export
 from gateway.tracing.notes import Trace
+
+logger = logging.getLogger(__name__)
 
 PROVIDER = "wandb.inference"
 _SAMPLED = otel.TraceFlags(otel.TraceFlags.SAMPLED)
@@ -42,13 +44,25 @@ _UNSET = Status(StatusCode.UNSET)
 _PROPAGATOR = TraceContextTextMapPropagator()
 _PARAMS = {name: f"gen_ai.request.{name}" for name in SAMPLING}
 _PARAMS["max_completion_tokens"] = "gen_ai.request.max_tokens"
+_WHOLE = frozenset({"max_tokens", "max_completion_tokens", "seed"})
+MAX_OFFLOADED = 4  # big prompts waiting for the child process, at most
 
 
 class Tracing:
-    def __init__(self, settings: Settings, dropped: Dropped) -> None:
+    def __init__(self, settings: Settings, dropped: Dropped, reader: BodyReader) -> None:
         self._settings = settings.tracing
+        self._reader = reader
+        self._offloaded = 0  # prompts being read in the child process
         self._export = Export(settings.tracing, dropped)
         self._ids = self._export.ids
+        where = urlsplit(self._settings.url)
+        logger.info(
+            "tracing: spans go to %s://%s%s, %s",
+            where.scheme,
+            where.hostname,  # no user or password a URL may carry
+            "" if where.port is None else f":{where.port}",
+            "Weave, with each account's W&B key" if self._settings.weave else "a collector",
+        )
 
     def start(
         self, headers: list[tuple[bytes, bytes]], account: Account, tenant: Tenant, project: str
@@ -66,18 +80,50 @@ class Tracing:
         capture = self._settings.capture_content
         if tenant.capture_content is not None:
             capture = tenant.capture_content
-        return Trace(route, parent, ids, project, capture, self._settings.content_max_chars)
+        cap = self._settings.content_max_chars
+        return Trace(route, parent, ids, project, capture, cap, (tenant.name, tenant.project))
 
-    def finish(
-        self, trace: Trace, tenant: Tenant, key_id: str, call: Call | None, result: Result
+    async def finish(
+        self, trace: Trace, ended_ns: int, key_id: str, call: Call | None, result: Result
     ) -> None:
-        """Record the span, whole, for export (when it is sampled and the export queue has
-        room for it)."""
+        """Record the span, ended at `ended_ns`, whole, for export (when it is sampled and the
+        export queue has room for it). With content capture on, a big body's prompt is read in
+        the body reader's child process, as its request was, not on the loop; past
+        `MAX_OFFLOADED` of them waiting there, a span goes without its prompt. Never raises:
+        a span that cannot be made is logged, and its request is no worse for it."""
         if not trace.recording or not self._export.admit():
             return
-        attributes = self._attributes(trace, tenant, key_id, call, result)
-        if trace.capture and call is not None:
-            attributes.update(_content(trace, call, self._settings.content_max_chars))
+        try:
+            attributes = self._attributes(trace, key_id, call, result)
+            if trace.capture and call is not None:
+                cap = self._settings.content_max_chars
+                attributes |= _output(trace, cap)
+                attributes |= await self._input(call.body, cap)
+            self._end(trace, call, result, attributes, ended_ns)
+        except Exception:  # a bug of the gateway's; the request was answered and counted
+            logger.exception("tracing: request %s got no span", result.status)
+
+    async def _input(self, body: bytes, cap: int) -> dict[str, Any]:
+        if len(body) < self._reader.offload_bytes:
+            return input_attributes(body, cap)
+        if self._offloaded >= MAX_OFFLOADED:
+            return {"gateway.content_skipped": "busy"}
+        self._offloaded += 1
+        try:
+            return await self._reader.offload(len(body), input_attributes, body, cap)
+        except BodyReaderGone:
+            return {"gateway.content_skipped": "reader_gone"}
+        finally:
+            self._offloaded -= 1
+
+    def _end(
+        self,
+        trace: Trace,
+        call: Call | None,
+        result: Result,
+        attributes: dict[str, Any],
+        end_ns: int,
+    ) -> None:
         parent: SpanContext | None = trace.parent
         context = SpanContext(
             trace.trace_id,
@@ -99,20 +145,21 @@ class Tracing:
             if failed
             else _UNSET,
             start_time=trace.start_ns,
-            end_time=time.time_ns(),
+            end_time=end_ns,
             instrumentation_scope=route.scope,
         )
         self._export.end(span)
 
     def _attributes(
-        self, trace: Trace, tenant: Tenant, key_id: str, call: Call | None, result: Result
+        self, trace: Trace, key_id: str, call: Call | None, result: Result
     ) -> dict[str, Any]:
+        tenant, own_project = trace.tenant
         found: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": PROVIDER,
             "http.response.status_code": result.status,
             "openinference.span.kind": "LLM",
-            "gateway.tenant": tenant.name,
+            "gateway.tenant": tenant,
             "gateway.key_id": key_id,
             "gateway.queue_wait_ms": round(result.queue_s * 1000, 3),
             "gateway.retries": max(result.attempts - 1, 0),
@@ -125,7 +172,7 @@ class Tracing:
                 "gateway.request_id": call.request_id,
                 **_params(call.read_fields),
             }
-        if trace.project != tenant.project:  # another it may use, named by OpenAI-Project
+        if trace.project != own_project:  # another it may use, named by OpenAI-Project
             found["gateway.project"] = trace.project
         found |= _answer(trace, result)
         if result.reason is not None:
@@ -153,12 +200,18 @@ def _parent(headers: list[tuple[bytes, bytes]]) -> SpanContext | None:
 
 
 def _params(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The request's sampling parameters the conventions name, when they are numbers."""
+    """The request's sampling parameters the conventions name, typed as they say: a double for
+    temperature, top_p and the penalties, an int for max_tokens and seed (skipped when not a
+    whole number; an OTLP int is 64 bits)."""
     found: dict[str, Any] = {}
     for name, attribute in _PARAMS.items():
         value = fields.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 2**63:
-            found[attribute] = value  # an OTLP int is 64 bits
+        if not isinstance(value, int | float) or isinstance(value, bool) or abs(value) >= 2**63:
+            continue
+        if name not in _WHOLE:
+            found[attribute] = float(value)
+        elif isinstance(value, int) or value.is_integer():
+            found[attribute] = int(value)
     return found
 
 
@@ -191,21 +244,13 @@ def _answer(trace: Trace, result: Result) -> dict[str, Any]:
     return found
 
 
-def _content(trace: Trace, call: Call, cap: int) -> dict[str, Any]:
-    """The prompt and the answer, each attribute cut at `cap` characters."""
-    found: dict[str, Any] = {}
-    try:
-        messages = orjson.loads(call.body).get("messages")
-    except (orjson.JSONDecodeError, AttributeError):
-        messages = None
-    if isinstance(messages, list):
-        found["input.value"] = orjson.dumps(messages).decode()[:cap]
-        found["input.mime_type"] = "application/json"
-        found["gen_ai.input.messages"] = input_messages(messages)[:cap]
+def _output(trace: Trace, cap: int) -> dict[str, Any]:
+    """The answer (text and tool calls), each attribute within `cap` characters of text."""
     output = trace.output()
-    if output is not None:
-        text, calls = output
-        found["output.value"] = text[:cap]
-        reasons = trace.finish_reasons
-        found["gen_ai.output.messages"] = output_messages(text, calls, reasons)[:cap]
-    return found
+    if output is None:
+        return {}
+    text, calls = output
+    return {
+        "output.value": text[:cap],
+        "gen_ai.output.messages": output_messages(text, calls, trace.finish_reasons, cap),
+    }

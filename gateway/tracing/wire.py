@@ -223,6 +223,16 @@ class OtlpExporter(OTLPSpanExporter):
     """The SDK's OTLP/HTTP exporter (its transport, retries, compression and headers) sending
     what `encode` wrote."""
 
+    def __init__(self, *, endpoint: str, headers: dict[str, str], timeout: float) -> None:
+        super().__init__(endpoint=endpoint, headers=headers, timeout=timeout)
+        # Only these headers and the SDK's own (user-agent, content-encoding): the SDK also
+        # merges OTEL_EXPORTER_OTLP_(TRACES_)HEADERS from the environment into every exporter,
+        # which would send a collector's credentials to Weave. (`_client._headers`: pinned SDK.)
+        wanted = {name.lower() for name in headers} | {"user-agent", "content-encoding"}
+        sent: dict[str, str] = self._client._headers
+        for name in [n for n in sent if n.lower() not in wanted]:
+            del sent[name]
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return SpanExportResult.SUCCESS if self.send(encode(spans)) else SpanExportResult.FAILURE
 

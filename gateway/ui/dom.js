@@ -35,7 +35,9 @@ export function usd(x) {
   if (x === 0) return "$0.00";
   if (x >= 1) return `$${x.toFixed(2)}`;
   if (x >= 0.01) return `$${x.toFixed(4)}`;
-  return `$${Number(x.toPrecision(3))}`;
+  // three significant digits, never in exponent form ($0.00000264, not $2.64e-6)
+  const digits = Math.min(12, 2 - Math.floor(Math.log10(x)));
+  return `$${x.toFixed(digits).replace(/\.?0+$/, "")}`;
 }
 
 export function ms(n) {

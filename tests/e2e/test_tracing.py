@@ -29,8 +29,8 @@ from tests.procs import (
 )
 
 ANSWER = "Hello from the fake W&B upstream for testing"
-PROMPT = "Tell the tracing test a story about a lighthouse keeper and a very patient cat"
-CAP = 40
+PROMPT = "Tell the tracing test a story about a lighthouse keeper and a very patient cat. " * 3
+CAP = 160
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 
@@ -162,11 +162,23 @@ def test_content_present_and_capped_when_capture_is_on(traced: Proc, otlp: Recei
     request_id, _ = call(traced, ADS_KEY, messages=messages)
     a = otlp.of(request_id).attributes
     assert a["gateway.tenant"] == "ads"
-    assert a["input.value"] == json.dumps(messages, separators=(",", ":"))[:CAP]
-    assert a["gen_ai.input.messages"] == '[{"role":"system","parts":[{"type":"text'[:CAP]
-    assert a["output.value"] == ANSWER[:CAP] and len(ANSWER) > CAP
-    assert a["gen_ai.output.messages"].startswith('[{"role":"assistant","parts":[')
-    assert all(len(a[k]) <= CAP for k in ("input.value", "output.value", "gen_ai.input.messages"))
+    # CAP characters in all, the keys and values before the prompt counted (one more each):
+    # the system message whole, then the prompt cut, and the JSON whole.
+    kept = CAP - (1 + 5 + 6 + 8 + 9) - (1 + 5 + 4 + 8)
+    cut = [messages[0], {"role": "user", "content": PROMPT[:kept] + "…"}]
+    assert json.loads(a["input.value"]) == cut and 100 < kept < len(PROMPT)
+    assert a["input.mime_type"] == "application/json"
+    assert json.loads(a["gen_ai.input.messages"])[1]["parts"][0]["content"].startswith(PROMPT[:60])
+    assert a["output.value"] == ANSWER and len(ANSWER) < CAP  # the fake's answer is short
+    assert json.loads(a["gen_ai.output.messages"]) == [
+        {
+            "role": "assistant",
+            "parts": [{"type": "text", "content": ANSWER}],
+            "finish_reason": "stop",
+        }
+    ]
+    # JSON's quotes and braces on top; the conventions' shape adds its "parts" and "type".
+    assert len(a["input.value"]) < 1.2 * CAP and len(a["gen_ai.input.messages"]) < 2 * CAP
 
 
 def test_content_of_a_stream_is_assembled(traced: Proc, otlp: Receiver) -> None:
@@ -221,6 +233,8 @@ def test_weave_routes_each_tenant_to_its_project(weave: tuple[Proc, Receiver]) -
     assert routes[eval_id] == ("acme", "search-eval", WANDB_KEY)
     assert routes[ads_id] == ("acme", "ads", OTHER_WANDB_KEY)
     assert {e.path for e in otlp.exports} == {"/otel/v1/traces"}
+    assert "tracing: spans go to http://127.0.0.1:" in gateway.logs()
+    assert "Weave, with each account's W&B key" in gateway.logs()
     for export in otlp.exports:  # the W&B key authenticates the export: in its header only
         assert WANDB_KEY.encode() not in export.body and OTHER_WANDB_KEY.encode() not in export.body
 
@@ -302,10 +316,11 @@ def test_a_streamed_tool_call_is_captured(traced: Proc, otlp: Receiver) -> None:
     )
     a = otlp.of(raw.headers["x-request-id"]).attributes
     assert a["gen_ai.response.finish_reasons"] == ("tool_calls",)
-    output = a["gen_ai.output.messages"]  # cut at CAP characters, as the tenant's captures are
-    whole = [{"role": "assistant", "parts": [{"type": "tool_call", "name": "get_weather"}]}]
-    assert len(output) == CAP and json.dumps(whole, separators=(",", ":")).startswith(output)
-    assert json.loads(arguments)["city"]  # what the span's part was cut from
+    assert json.loads(arguments)["city"]
+    part = {"type": "tool_call", "name": "get_weather", "arguments": arguments}
+    assert json.loads(a["gen_ai.output.messages"]) == [
+        {"role": "assistant", "parts": [part], "finish_reason": "tool_calls"}
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import yaml
 from gateway.config import ConfigError, Settings, parse_settings
 from gateway.headers import upstream_headers
 from gateway.tracing import batches
-from gateway.tracing.content import input_messages, output_messages
+from gateway.tracing.content import input_attributes, output_messages
 from gateway.tracing.notes import Trace
 from gateway.tracing.settings import WEAVE_ENDPOINT
 from tests.procs import ROOT, base_config
@@ -97,8 +97,12 @@ def test_the_traceparent_upstream_is_the_gateways_own() -> None:
     settings_ = settings()
     account = settings_.accounts["main"]
     raw = [(b"traceparent", CLIENT.encode()), (b"tracestate", b"app=1")]
-    headers = upstream_headers(raw, account, "acme/search", "req_1", frozenset(), "00-x-y-01")
+    ours = ("00-x-y-01", "app=1")  # the client's span was the parent: its state goes on
+    headers = upstream_headers(raw, account, "acme/search", "req_1", frozenset(), ours)
     assert headers["traceparent"] == "00-x-y-01" and headers["tracestate"] == "app=1"
+    new = ("00-x-y-01", None)  # a trace of the gateway's own: the client's state is dropped
+    headers = upstream_headers(raw, account, "acme/search", "req_1", frozenset(), new)
+    assert headers["traceparent"] == "00-x-y-01" and "tracestate" not in headers
     assert upstream_headers(raw, account, "acme/search", "req_1")["traceparent"] == CLIENT
 
 
@@ -124,7 +128,7 @@ def test_a_stream_is_assembled_text_and_tool_calls() -> None:
     text, calls = notes.output() or ("", [])
     assert text == "It is sunny"
     assert calls == [{"type": "tool_call", "name": "get_weather", "arguments": '{"city":"Oslo"}'}]
-    message = json.loads(output_messages(text, calls, notes.finish_reasons))
+    message = json.loads(output_messages(text, calls, notes.finish_reasons, 1000))
     assert message == [
         {
             "role": "assistant",
@@ -174,7 +178,9 @@ def test_input_messages_in_the_conventions_shape() -> None:
         {"role": "tool", "tool_call_id": "c1", "content": "42"},
         "not a message",
     ]
-    assert json.loads(input_messages(messages)) == [
+    found = input_attributes(json.dumps({"model": "m", "messages": messages}).encode(), 1000)
+    assert json.loads(found["input.value"]) == messages
+    assert json.loads(found["gen_ai.input.messages"]) == [
         {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]},
         {"role": "user", "parts": [{"type": "text", "content": "hi"}, {"type": "image_url"}]},
         {
@@ -194,6 +200,8 @@ class Stub:
 
     def send(self, data: bytes) -> bool:
         self.sent.append(data)
+        if not self.ok:  # as the SDK's exporter does, while it sends
+            logging.getLogger("opentelemetry.exporter").warning("refused with key s3cr3t")
         return self.ok
 
     def close(self) -> None:
@@ -212,7 +220,7 @@ def test_a_full_queue_drops_and_says_so_once(caplog: pytest.LogCaptureFixture) -
     processor, stub, drops = queue(3)
     try:
         for _ in range(3):
-            processor._queue.append((1, b"span"))
+            processor.put(1, b"span")
         with caplog.at_level(logging.WARNING, "gateway.tracing.batches"):
             assert [processor.room() for _ in range(5)] == [False] * 5
         assert drops == [("queue_full", 1)] * 5
@@ -232,10 +240,11 @@ def test_a_failing_export_is_logged_once_then_its_recovery(
         with caplog.at_level(logging.WARNING, "gateway.tracing.batches"):
             logging.getLogger("opentelemetry.exporter").warning("refused with key s3cr3t")
             for _ in range(3):
-                processor._queue.extend([(1, b"a"), (1, b"b")])
+                processor.put(1, b"a")
+                processor.put(1, b"b")
                 processor._send(whole_only=False)
             stub.ok = True
-            processor._queue.append((1, b"c"))
+            processor.put(1, b"c")
             processor._send(whole_only=False)
         lines = [r.getMessage() for r in caplog.records if r.name == "gateway.tracing.batches"]
         assert lines[0].startswith("trace export failed (refused with key ***)")
@@ -253,7 +262,8 @@ def test_a_failing_export_is_logged_once_then_its_recovery(
 def test_whole_batches_only_until_the_delay_is_up() -> None:
     processor, stub, _ = queue(10_000)
     try:
-        processor._queue.extend([(1, b"x")] * (batches.BATCH + 7))
+        for _ in range(batches.BATCH + 7):
+            processor.put(1, b"x")
         processor._send(whole_only=True)
         assert len(stub.sent) == 1 and len(processor._queue) == 7
         processor._send(whole_only=False)
