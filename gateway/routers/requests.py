@@ -27,7 +27,13 @@ DEFAULT_LIMIT = 100
 
 LimitQuery = Annotated[
     str | None,
-    Query(description=f"How many, newest first: 1 to {SIZE} (default {DEFAULT_LIMIT})"),
+    Query(
+        description=f"How many, newest first: 1 to {SIZE} (default {DEFAULT_LIMIT})",
+        # read as text, to answer a bad one with the usual 400 envelope; documented as it is
+        json_schema_extra={
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": SIZE}, {"type": "null"}]
+        },
+    ),
 ]
 
 

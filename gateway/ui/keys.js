@@ -98,6 +98,11 @@ export class Keys {
       this.pending = { action: action.slice(4), id };
     } else if (action === "cancel") {
       this.pending = null;
+    } else if (action === "rotate" && String(this.grace).trim() === "") {
+      // blank (or not a number) is no grace of 0 s: the old key would stop at once
+      $("#keys-error").textContent =
+        "Say how many seconds the old key keeps working after the rotation (0: none).";
+      return;
     } else {
       if (this.busy) return;
       this.pending = null;

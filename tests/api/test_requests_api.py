@@ -86,6 +86,13 @@ async def test_a_bad_limit_is_a_400_naming_it(gw: InProcess, value: str) -> None
         assert set(error) == {"message", "type", "param", "code"}
 
 
+async def test_the_openapi_document_says_limit_is_a_bounded_integer(gw: InProcess) -> None:
+    document = (await gw.client.get("/openapi.json")).json()
+    for path in ("/admin/requests", "/v1/requests"):
+        (limit,) = [p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "limit"]
+        assert limit["schema"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 1000}
+
+
 async def test_an_unknown_tenant_filter_is_a_400_naming_it(gw: InProcess) -> None:
     r = await gw.client.get("/admin/requests?tenant=nobody", headers=ADMIN)
     assert r.status_code == 400

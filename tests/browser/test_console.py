@@ -306,3 +306,22 @@ async def test_a_double_click_makes_one_key_and_one_rotation(ui: Ui, ui_gateway:
     ]
     assert len(named) == 2, named  # the old key and one new one
     assert ui.errors == []
+
+
+async def test_a_blank_grace_asks_again_rather_than_revoking_at_once(
+    ui: Ui, ui_gateway: Proc
+) -> None:
+    page = ui.page
+    async with httpx.AsyncClient(base_url=ui_gateway.url, headers=ADMIN) as http:
+        made = (await http.post("/admin/keys", json={"tenant": "ads", "name": "blank"})).json()
+    await ui.sign_in(ADMIN_KEY, "console")
+    row = page.locator(f"#keys tr[data-key-id={made['id']}]")
+    await row.locator("button[data-action=ask-rotate]").click()
+    confirm = page.locator(f"#keys tr[data-confirm={made['id']}]")
+    await confirm.locator("input[name=grace_s]").fill("")
+    await confirm.locator("button[data-action=rotate]").click()
+    await expect(page.locator("#keys-error")).to_contain_text("how many seconds")
+    await expect(confirm).to_be_visible()  # still asking
+    key = await admin(ui_gateway, f"/admin/keys/{made['id']}")
+    assert key["status"] == "active" and not key.get("replaced_by")
+    assert refusal(ui_gateway, made["key"]) is None  # the key still works
