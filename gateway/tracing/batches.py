@@ -127,9 +127,13 @@ class Batches(SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self._stopping or not self.room():
-            return
-        self.put(id(span.resource), wire.span(span))
+        if not self._stopping and self.room():
+            self.put(id(span.resource), wire.span(span))
+
+    def offer(self, key: int, data: bytes) -> None:
+        """A span of the route `key`, queued if there is room (else counted as dropped)."""
+        if not self._stopping and self.room():
+            self.put(key, data)
 
     def put(self, key: int, data: bytes) -> None:
         """One encoded span of the route `key`, queued (on the loop)."""

@@ -6,10 +6,12 @@ account's W&B key in `wandb-api-key`, and a resource naming `wandb.entity` and `
 (Weave files a span under its resource's project). Every route's spans go to the same `Batches`,
 which sends each route's with that route's exporter.
 
-A request's span is recorded whole, when the request ends, as the SDK's `ReadableSpan`: the
-gateway never makes it current nor gives it children, so the SDK's live `Span` (made at the
-start through a tracer, its attributes checked one by one, copied into a `ReadableSpan` at its
-end) would only add its cost: 20 us a request, measured, a third of tracing's.
+A request's span is written whole, when the request ends, straight to its OTLP bytes
+(`spans.Tracing.finish`, `wire.client_span`): the gateway never makes it current nor gives it
+children, so the SDK's live `Span` (made at the start through a tracer, its attributes checked
+one by one, copied into a `ReadableSpan` at its end) would only add its cost (20 us a request,
+measured), and so would a `ReadableSpan` made to be encoded (the tests make one of each span,
+`spans.readable`, and check that the SDK's encoder gives the same message).
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ class Export:
 
     def end(self, span: ReadableSpan) -> None:
         self._processor.on_end(span)
+
+    def put(self, route: Route, data: bytes) -> None:
+        """One span, encoded, for its route (dropped and counted if the queue is full now)."""
+        self._processor.offer(id(route.resource), data)
 
     def route(self, account: Account, project: str) -> Route | None:
         """Where a request's span goes; None past MAX_ROUTES (the span is dropped, counted

@@ -44,6 +44,9 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# Playwright's `expect` waits 5 s by default, the page's own waits 15 s: on a loaded 2-core
+# runner the first is too short for a refresh that comes every 2 s, so both wait 15 s.
+expect.set_options(timeout=15_000)
 ADMIN_KEY = "sk-gw-test-admin-ui"
 KEYS = (ADMIN_KEY, SEARCH_KEY, ADS_KEY, LIMITED_KEY)
 VIEWPORT = {"width": 1280, "height": 900}

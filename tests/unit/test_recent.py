@@ -187,14 +187,12 @@ def test_a_record_without_a_tenant_is_not_kept() -> None:
     assert list(ring.newest()) == [] and ring.errors() == {}
 
 
-def test_appending_is_cheap() -> None:
-    """The hot path's share: well under a microsecond's order per request on this machine
-    (a request costs about 460 us of CPU); bounded generously so the test never flakes."""
+def test_appending_keeps_both_rings_at_their_bounds() -> None:
+    """No timing here (an add took 0.5 us measured in-process, against the 460 us of CPU a
+    request costs in `make bench`): the rings never grow past their sizes, however many adds."""
     ring = Recent()
     r, call, result = record(), FakeCall(), ok(Usage(1, 1))
-    started = time.perf_counter()
-    for _ in range(20_000):
+    for _ in range(recent_module.SIZE * 3):
         ring.add(r, call, result)
-    per_add = (time.perf_counter() - started) / 20_000
-    assert per_add < 20e-6
     assert len(list(ring.newest())) == recent_module.SIZE
+    assert len(list(ring.newest("search"))) == recent_module.TENANT_SIZE

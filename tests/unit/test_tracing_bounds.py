@@ -77,17 +77,24 @@ def test_a_streams_notes_stay_bounded_however_many_deltas_come() -> None:
     assert len(many._calls) == 64
 
 
+def params(fields: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    _params(fields, found)
+    return found
+
+
 def test_parameters_are_typed_as_the_conventions_say() -> None:
-    fields = {"temperature": 1, "top_p": 0.5, "max_tokens": 100.0, "seed": 1.5}
+    fields = {"temperature": 1, "top_p": 0.5, "max_tokens": 100.0, "seed": 1.5, "model": "m"}
     fields |= {"frequency_penalty": 0, "presence_penalty": True, "max_completion_tokens": 2**70}
-    assert _params(fields) == {
+    assert params(fields) == {
         "gen_ai.request.temperature": 1.0,
         "gen_ai.request.top_p": 0.5,
         "gen_ai.request.max_tokens": 100,
         "gen_ai.request.frequency_penalty": 0.0,
     }
-    assert isinstance(_params({"temperature": 1})["gen_ai.request.temperature"], float)
-    assert isinstance(_params({"max_tokens": 100.0})["gen_ai.request.max_tokens"], int)
+    assert isinstance(params({"temperature": 1})["gen_ai.request.temperature"], float)
+    assert isinstance(params({"max_tokens": 100.0})["gen_ai.request.max_tokens"], int)
+    assert params({"seed": "7", "temperature": None, "top_p": [1]}) == {}
 
 
 def test_the_queue_is_bounded_by_bytes_and_batches_by_size() -> None:

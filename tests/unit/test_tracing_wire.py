@@ -5,6 +5,7 @@ resources and scopes in one batch."""
 from __future__ import annotations
 
 import time
+from typing import Any, ClassVar
 
 from opentelemetry import trace as otel
 from opentelemetry.context import Context
@@ -125,3 +126,54 @@ def test_a_routes_request_is_the_sdks_message_for_its_spans() -> None:
     start = wire.head(first.resource, first.instrumentation_scope)
     ours = decoded(wire.request(start, [wire.span(s) for s in keep.spans]))
     assert ours == decoded(encode_spans(keep.spans).SerializeToString())
+
+
+def test_a_requests_span_as_sent_is_the_sdks_message_of_its_readable_span() -> None:
+    """`Tracing.finish` writes its span's bytes from parts (`wire.client_span`, the shared
+    attributes kept as bytes): the SDK's encoder, given the same span as a `ReadableSpan`
+    (`spans.readable`), decodes to the same message, for every shape a request's span takes."""
+    import asyncio
+
+    from gateway.chat_body import BodyReader
+    from gateway.config import parse_settings
+    from gateway.cost import Usage
+    from gateway.exchange import Result
+    from gateway.tracing import spans as spans_module
+    from tests.procs import base_config
+
+    config = base_config("http://127.0.0.1:1", tracing={"endpoint": "http://127.0.0.1:9/t"})
+    settings = parse_settings(config, env={})
+    sent: list[bytes] = []
+    tracing = spans_module.Tracing(settings, lambda r, n: None, BodyReader())
+    tracing._export.put = lambda route, data: sent.append(data)  # type: ignore[method-assign]
+    tenant = settings.tenants["search"]
+    account = settings.accounts[tenant.account]
+
+    class Call:
+        model, stream, request_id, body = "m/x", True, "req_1", b"{}"
+        read_fields: ClassVar[dict[str, Any]] = {"model": "m/x", "temperature": 0.5, "seed": 7}
+
+    client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    cases: list[tuple[list[tuple[bytes, bytes]], str, Any, Result]] = [
+        ([], tenant.project, Call(), Result(200, None, 0.5, 0.01, 1, Usage(3, 4), 0.2)),
+        (
+            [(b"traceparent", client.encode()), (b"tracestate", b"a=1,b=2")],
+            "acme/other",
+            Call(),
+            Result(502, "upstream_error", 1.0, 0.0, 3, Usage(3, 0, estimated=1), None, 1e-6, True),
+        ),
+        ([], tenant.project, None, Result(401, None, 0.001)),
+    ]
+    try:
+        for headers, project, call, result in cases:
+            trace = tracing.start(headers, account, tenant, project)
+            assert trace is not None
+            trace.answer({"id": "c1", "model": "m/x", "choices": [{"finish_reason": "stop"}]})
+            for _ in range(2):  # the second time, the shared attributes come from the cache
+                asyncio.run(tracing.finish(trace, 123, "key_1", call, result))
+                span = spans_module.readable(trace, "key_1", call, result, 123)
+                ours = wire.request(trace.route.head, [sent.pop()])
+                theirs = decoded(encode_spans([span]).SerializeToString())
+                assert str(decoded(ours)) == str(theirs)
+    finally:
+        tracing._export.close(1)
