@@ -128,19 +128,7 @@ class Tracing:
     ) -> tuple[bytes, bytes]:
         """The span's name and the attributes its request shares with many others (who, which
         model, how it ended), as bytes: made once for each such set, then a dict hit."""
-        tenant, own_project = trace.tenant
-        key = (
-            tenant,
-            key_id,
-            None if call is None else call.model,
-            None if call is None else call.stream,
-            trace.project if trace.project != own_project else None,
-            result.status,
-            _error(result),
-            max(result.attempts - 1, 0),
-            trace.response_model,
-            tuple(trace.finish_reasons),
-        )
+        key = _shared(trace, key_id, call, result)
         found = self._kept_bytes.get(key)
         if found is None:
             if len(self._kept_bytes) >= MAX_KEPT:
@@ -205,6 +193,23 @@ def kept_attributes(
     return found
 
 
+def _shared(trace: Trace, key_id: str, call: Call | None, result: Result) -> tuple[Any, ...]:
+    """What a span shares with other requests' (`kept_attributes`' arguments, in order)."""
+    tenant, own_project = trace.tenant
+    return (
+        tenant,
+        key_id,
+        None if call is None else call.model,
+        None if call is None else call.stream,
+        trace.project if trace.project != own_project else None,
+        result.status,
+        _error(result),
+        max(result.attempts - 1, 0),
+        trace.response_model,
+        tuple(trace.finish_reasons),
+    )
+
+
 def _error(result: Result) -> str | None:
     if result.reason is not None:
         return result.reason
@@ -246,19 +251,7 @@ def readable(
 ) -> ReadableSpan:
     """The same span as the SDK's `ReadableSpan` (for tests: `wire.span` of it is the bytes
     `finish` sends, content aside)."""
-    tenant, own_project = trace.tenant
-    attributes = kept_attributes(
-        tenant,
-        key_id,
-        None if call is None else call.model,
-        None if call is None else call.stream,
-        trace.project if trace.project != own_project else None,
-        result.status,
-        _error(result),
-        max(result.attempts - 1, 0),
-        trace.response_model,
-        tuple(trace.finish_reasons),
-    )
+    attributes = kept_attributes(*_shared(trace, key_id, call, result))
     attributes |= _variable(trace, call, result)
     parent: SpanContext | None = trace.parent
     error = _error(result)

@@ -3,58 +3,37 @@
 
 import { api } from "./api.js";
 import {
-  $, EVERY_MS, cell, clock, el, int, meter, requestRows, rows, spendOf, tokenLines,
+  $, Refresher, cell, el, int, meter, requestRows, rows, spendOf, tokenLines,
 } from "./dom.js";
 import { Keys } from "./keys.js";
 
 export class Console {
   /** `report(error)` shows a failure (a 401 signs out); `fine()` clears it. */
   constructor(report, fine) {
-    this.report = report;
-    this.fine = fine;
     this.keys = new Keys(report);
-    this.timer = null;
-    // Each start() begins a new refresh loop; a loop whose generation has passed (signed out,
-    // or out and in again while its fetch was pending) stops at its next step.
-    this.generation = 0;
+    this.refresher = new Refresher((stopped) => this.step(stopped), report, fine);
   }
 
   start(usage) {
-    this.generation += 1;
     this.render(usage, null);
-    this.tick(this.generation);
+    this.refresher.start();
   }
 
   stop() {
-    this.generation += 1;
-    clearTimeout(this.timer);
+    this.refresher.stop();
     this.keys.clear();
     for (const id of ["#accounts", "#tenants", "#requests"]) rows($(id), []);
     $("#month").textContent = "";
   }
 
-  async tick(generation) {
-    const stopped = () => generation !== this.generation;
-    const started = Date.now();
-    try {
-      const [usage, recent] = await Promise.all([
-        api("/admin/usage"),
-        api("/admin/requests?limit=100"),
-      ]);
-      if (stopped()) return;
-      this.render(usage, recent);
-      await this.keys.refresh(Object.keys(usage.tenants).sort());
-      if (stopped()) return;
-      $("#refreshed").textContent = `refreshed ${clock(Date.now() / 1000)}`;
-      this.fine();
-    } catch (error) {
-      if (stopped()) return;
-      this.report(error);
-    }
-    if (!stopped()) {
-      const wait = Math.max(0, EVERY_MS - (Date.now() - started));
-      this.timer = setTimeout(() => this.tick(generation), wait);
-    }
+  async step(stopped) {
+    const [usage, recent] = await Promise.all([
+      api("/admin/usage"),
+      api("/admin/requests?limit=100"),
+    ]);
+    if (stopped()) return;
+    this.render(usage, recent);
+    await this.keys.refresh(Object.keys(usage.tenants).sort());
   }
 
   render(usage, recent) {

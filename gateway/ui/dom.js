@@ -17,6 +17,47 @@ export const EVERY_MS = 2000;
 
 export const $ = (selector, root = document) => root.querySelector(selector);
 
+/** A view's refresh loop: `step(stopped)` every EVERY_MS from start() to stop(). Each start()
+ * begins a new generation: a step still waiting for its answers when the user signs out (or
+ * out and in again) sees `stopped()` and ends there, so one loop runs at a time. */
+export class Refresher {
+  constructor(step, report, fine) {
+    this.step = step;
+    this.report = report; // shows a failure (a 401 signs out)
+    this.fine = fine; // clears it
+    this.generation = 0;
+    this.timer = null;
+  }
+
+  start() {
+    this.generation += 1;
+    this.loop(this.generation);
+  }
+
+  stop() {
+    this.generation += 1;
+    clearTimeout(this.timer);
+  }
+
+  async loop(generation) {
+    const stopped = () => generation !== this.generation;
+    const started = Date.now();
+    try {
+      await this.step(stopped);
+      if (stopped()) return;
+      $("#refreshed").textContent = `refreshed ${clock(Date.now() / 1000)}`;
+      this.fine();
+    } catch (error) {
+      if (stopped()) return;
+      this.report(error);
+    }
+    if (!stopped()) {
+      const wait = Math.max(0, EVERY_MS - (Date.now() - started));
+      this.timer = setTimeout(() => this.loop(generation), wait);
+    }
+  }
+}
+
 export function rows(table, list) {
   table.tBodies[0].replaceChildren(...list);
 }

@@ -4,31 +4,24 @@
 
 import { api } from "./api.js";
 import {
-  $, EVERY_MS, cell, clock, el, int, meter, requestRows, rows, spendOf, usd,
+  $, Refresher, cell, el, int, meter, requestRows, rows, spendOf, usd,
 } from "./dom.js";
 import { Playground } from "./playground.js";
 
 export class TenantView {
   constructor(report, fine) {
-    this.report = report;
-    this.fine = fine;
     this.playground = new Playground(report);
-    this.timer = null;
-    // Each start() begins a new refresh loop; a loop whose generation has passed (signed out,
-    // or out and in again while its fetch was pending) stops at its next step.
-    this.generation = 0;
+    this.refresher = new Refresher((stopped) => this.step(stopped), report, fine);
   }
 
   start(usage) {
-    this.generation += 1;
     this.render(usage, null);
     this.playground.load();
-    this.tick(this.generation);
+    this.refresher.start();
   }
 
   stop() {
-    this.generation += 1;
-    clearTimeout(this.timer);
+    this.refresher.stop();
     this.playground.clear();
     $("#own-usage").replaceChildren();
     $("#own-month").textContent = "";
@@ -36,26 +29,12 @@ export class TenantView {
     rows($("#own-requests"), []);
   }
 
-  async tick(generation) {
-    const stopped = () => generation !== this.generation;
-    const started = Date.now();
-    try {
-      const [usage, recent] = await Promise.all([
-        api("/v1/usage"),
-        api("/v1/requests?limit=100"),
-      ]);
-      if (stopped()) return;
-      this.render(usage, recent);
-      $("#refreshed").textContent = `refreshed ${clock(Date.now() / 1000)}`;
-      this.fine();
-    } catch (error) {
-      if (stopped()) return;
-      this.report(error);
-    }
-    if (!stopped()) {
-      const wait = Math.max(0, EVERY_MS - (Date.now() - started));
-      this.timer = setTimeout(() => this.tick(generation), wait);
-    }
+  async step(stopped) {
+    const [usage, recent] = await Promise.all([
+      api("/v1/usage"),
+      api("/v1/requests?limit=100"),
+    ]);
+    if (!stopped()) this.render(usage, recent);
   }
 
   render(usage, recent) {
