@@ -1,11 +1,12 @@
-"""`Batches`: the span processor. A span is encoded when it ends, on the event loop, into a
-bounded queue; one thread sends the queue in batches, each route's spans in one OTLP/HTTP
-request by that route's exporter (the SDK's, see `wire.OtlpExporter`).
+"""`Batches`: the export queue. A span, written to its bytes when its request ends (on the event
+loop, `spans.Tracing.finish`), waits in a bounded queue; one thread sends the queue in batches,
+each route's spans in one OTLP/HTTP request by that route's exporter (the SDK's, see
+`wire.OtlpExporter`).
 
 Why not the SDK's BatchSpanProcessor: it queues span objects and encodes a whole batch on its
 thread, which holds the GIL for milliseconds at a time against the event loop (measured: p50
-+11 ms at 64 connections, and 20% more CPU a request). Encoded as it ends, a span costs the
-loop its encoding's 15 us and nothing else; the thread only waits on sockets.
++11 ms at 64 connections, and 20% more CPU a request). Written as it ends, a span costs the
+loop its writing and nothing else; the thread only joins bytes and waits on sockets.
 
 Spans wait in a queue of `tracing.max_queue` and `MAX_QUEUE_BYTES`; past it they are dropped,
 and so are the spans of an export that failed (after the SDK's own retries, within
@@ -24,9 +25,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from gateway.tracing import wire
@@ -83,7 +82,7 @@ def masked(text: str, secrets: set[str]) -> str:
     return text
 
 
-class Batches(SpanProcessor):
+class Batches:
     def __init__(self, max_queue: int, dropped: Dropped, secrets: Callable[[], set[str]]) -> None:
         self.routes: dict[int, Route] = {}  # id(resource) -> its route
         self._max_queue = max_queue
@@ -122,13 +121,6 @@ class Batches(SpanProcessor):
     def waiting(self) -> int:
         """Encoded bytes in the queue."""
         return self._added - self._taken
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        pass
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if not self._stopping and self.room():
-            self.put(id(span.resource), wire.span(span))
 
     def offer(self, key: int, data: bytes) -> None:
         """A span of the route `key`, queued if there is room (else counted as dropped)."""
@@ -207,7 +199,3 @@ class Batches(SpanProcessor):
         for route in self.routes.values():
             route.exporter.close()
         logging.getLogger(SDK_LOGGER).removeHandler(self.words)
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        self._wake.set()
-        return True

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -55,9 +54,6 @@ class Export:
     def sampled(self, trace_id: int) -> bool:
         """The SDK's TraceIdRatioBased decision: by the trace id's low 64 bits."""
         return trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._bound
-
-    def end(self, span: ReadableSpan) -> None:
-        self._processor.on_end(span)
 
     def put(self, route: Route, data: bytes) -> None:
         """One span, encoded, for its route (dropped and counted if the queue is full now)."""

@@ -237,7 +237,8 @@ def _bytes(
     return wire.client_span(
         trace.trace_id,
         trace.span_id,
-        None if parent is None else (parent.span_id, parent.is_remote, parent.trace_state),
+        trace.tracestate,
+        None if parent is None else (parent.span_id, parent.is_remote),
         kept[0],
         trace.start_ns,
         ended_ns,

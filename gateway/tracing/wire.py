@@ -12,14 +12,12 @@ stays the SDK's OTLP/HTTP exporter's work (`OtlpExporter`).
 from __future__ import annotations
 
 import struct
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -108,20 +106,15 @@ def _value(value: Any) -> bytes:
     return b""  # None (the SDK keeps no other kind)
 
 
-def _key_value(number: int, key: str, value: Any) -> bytes:
-    """A `KeyValue` as field `number` of its message; one of `KEPT` keeps its bytes."""
-    return _attributes(number, {key: value})
-
-
-def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
+def attributes(number: int, pairs: Mapping[str, Any] | None) -> bytes:
     """The `KeyValue`s of a mapping, each as field `number`: one loop, the common kinds of
     value written inline (a span's twenty-odd attributes are most of its encoding's time)."""
-    if not attributes:
+    if not pairs:
         return b""
     tag, cache, names, small = _TAG[number], _caches[number & 0xF], _names, _SMALL
     out: list[bytes] = []
     append = out.append
-    for key, value in attributes.items():
+    for key, value in pairs.items():
         kind = type(value)
         if key in KEPT:
             kept = (key, kind, value)
@@ -156,7 +149,6 @@ def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(out)
 
 
-attributes = _attributes  # a mapping's KeyValues, as field `number` (9: a span's)
 _CLIENT = _KINDS[SpanKind.CLIENT]
 _EMPTY_STATUS = b"\x7a\x00"  # an empty Status, as the SDK writes it
 
@@ -169,31 +161,50 @@ def name(text: str) -> bytes:
 def client_span(
     trace_id: int,
     span_id: int,
-    parent: tuple[int, bool, Mapping[str, str]] | None,
+    state: str | None,
+    parent: tuple[int, bool] | None,
     name_field: bytes,
     start_ns: int,
     end_ns: int,
-    attributes_fields: bytes,
+    attribute_fields: bytes,
     error: str | None,
 ) -> bytes:
-    """A CLIENT `Span` message's bytes, from its parts (`parent`: the parent's span id, whether
-    it is remote, and the trace state the span carries on): what `span()` writes for the
-    same span as a `ReadableSpan`, without making one."""
+    """A CLIENT `Span` message's bytes, from its parts (`state`: the trace state it carries on,
+    as its header; `parent`: the parent's span id and whether it is remote; `attribute_fields`:
+    its KeyValues, written): what `span()` writes for the same span as a `ReadableSpan`,
+    without making one."""
+    status = _EMPTY_STATUS  # StatusCode.ERROR is 2
+    if error is not None:
+        status = _field(15, _field(2, error.encode("utf-8", "replace")) + b"\x18\x02")
+    head = (trace_id, span_id, state, parent, name_field, _CLIENT, start_ns, end_ns)
+    return _span(*head, attribute_fields, 0, status)
+
+
+def _span(
+    trace_id: int,
+    span_id: int,
+    state: str | None,
+    parent: tuple[int, bool] | None,
+    name_field: bytes,
+    kind_field: bytes,
+    start_ns: int,
+    end_ns: int,
+    attribute_fields: bytes,
+    dropped: int,
+    status_field: bytes,
+) -> bytes:
     parts = [b"\x0a\x10" + trace_id.to_bytes(16, "big"), b"\x12\x08" + span_id.to_bytes(8, "big")]
+    if state:
+        parts.append(_field(3, state.encode()))
     flags = _HAS_IS_REMOTE
     if parent is not None:
-        parent_id, remote, state = parent
-        if state:
-            parts.append(_field(3, ",".join(f"{k}={v}" for k, v in state.items()).encode()))
-        parts.append(b"\x22\x08" + parent_id.to_bytes(8, "big"))
-        flags |= _IS_REMOTE if remote else 0
-    parts += [name_field, _CLIENT, b"\x39" + _PACK_Q(start_ns), b"\x41" + _PACK_Q(end_ns)]
-    parts.append(attributes_fields)
-    if error is None:
-        parts.append(_EMPTY_STATUS)
-    else:  # StatusCode.ERROR is 2
-        parts.append(_field(15, _field(2, error.encode("utf-8", "replace")) + b"\x18\x02"))
-    parts.append(b"\x85\x01" + struct.pack("<I", flags))
+        parts.append(b"\x22\x08" + parent[0].to_bytes(8, "big"))
+        flags |= _IS_REMOTE if parent[1] else 0
+    parts += [name_field, kind_field, b"\x39" + _PACK_Q(start_ns), b"\x41" + _PACK_Q(end_ns)]
+    parts.append(attribute_fields)
+    if dropped:
+        parts.append(b"\x50" + _varint(dropped))
+    parts += [status_field, b"\x85\x01" + struct.pack("<I", flags)]
     return b"".join(parts)
 
 
@@ -207,39 +218,31 @@ def _span_attributes(span: ReadableSpan) -> Mapping[str, Any] | None:
 
 
 def span(span: ReadableSpan) -> bytes:
-    """A `Span` message's bytes."""
+    """A `ReadableSpan`'s `Span` message bytes (any kind and status: the tests' bridge between
+    the SDK's spans and `client_span`, which the gateway sends)."""
     context = span.get_span_context()
     assert context is not None and span.start_time is not None and span.end_time is not None
-    parts = [
-        b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08" + context.span_id.to_bytes(8, "big"),
-    ]
-    if context.trace_state:
-        state = ",".join(f"{k}={v}" for k, v in context.trace_state.items())
-        parts.append(_field(3, state.encode()))
-    flags = _HAS_IS_REMOTE
     parent = span.parent
-    if parent is not None:
-        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-        flags |= _IS_REMOTE if parent.is_remote else 0
-    parts += [
-        _field(5, span.name.encode("utf-8", "replace")),
-        _KINDS[span.kind],
-        b"\x39" + _PACK_Q(span.start_time),
-        b"\x41" + _PACK_Q(span.end_time),
-        _attributes(9, _span_attributes(span)),
-    ]
-    if span.dropped_attributes:
-        parts.append(b"\x50" + _varint(span.dropped_attributes))
     status = span.status
     code = status.status_code
     if status.description or code is not StatusCode.UNSET:
         message = _field(2, status.description.encode()) if status.description else b""
-        parts.append(_field(15, message + (b"\x18" + _varint(code.value) if code.value else b"")))
+        status_field = _field(15, message + (b"\x18" + _varint(code.value) if code.value else b""))
     else:
-        parts.append(b"\x7a\x00")  # an empty Status, as the SDK writes it
-    parts.append(b"\x85\x01" + struct.pack("<I", flags))
-    return b"".join(parts)
+        status_field = _EMPTY_STATUS
+    return _span(
+        context.trace_id,
+        context.span_id,
+        context.trace_state.to_header() if context.trace_state else None,
+        None if parent is None else (parent.span_id, parent.is_remote),
+        name(span.name),
+        _KINDS[span.kind],
+        span.start_time,
+        span.end_time,
+        attributes(9, _span_attributes(span)),
+        span.dropped_attributes,
+        status_field,
+    )
 
 
 Head = tuple[bytes, bytes, bytes]  # a resource's, its scope's, and the resource's schema URL
@@ -252,12 +255,12 @@ def head(resource: Resource, scope: InstrumentationScope | None) -> Head:
         version = _field(2, scope.version.encode()) if scope.version else b""
         scope_part = _field(1, _field(1, scope.name.encode()) + version)
     schema = _field(3, resource.schema_url.encode()) if resource.schema_url else b""
-    return _field(1, _attributes(1, resource.attributes)), scope_part, schema
+    return _field(1, attributes(1, resource.attributes)), scope_part, schema
 
 
 def request(start: Head, spans: Sequence[bytes]) -> bytes:
-    """An `ExportTraceServiceRequest` of spans (each `span()`'s bytes) of one resource and
-    scope."""
+    """An `ExportTraceServiceRequest` of spans (each `client_span()`'s bytes) of one resource
+    and scope."""
     resource, scope, schema = start
     return _field(1, resource + _scope_spans(scope, spans, "") + schema)
 
@@ -267,26 +270,9 @@ def _scope_spans(scope: bytes, spans: Sequence[bytes], schema_url: str) -> bytes
     return _field(2, scope + b"".join([_field(2, s) for s in spans]) + tail)
 
 
-def encode(spans: Sequence[ReadableSpan]) -> bytes:
-    """The export request of any spans, grouped by resource, then by instrumentation scope."""
-    groups: dict[int, dict[int, list[ReadableSpan]]] = defaultdict(lambda: defaultdict(list))
-    for found in spans:
-        groups[id(found.resource)][id(found.instrumentation_scope)].append(found)
-    out = []
-    for scopes in groups.values():
-        parts = []
-        for members in scopes.values():
-            scope = members[0].instrumentation_scope
-            resource, scope_part, schema = head(members[0].resource, scope)
-            url = scope.schema_url if scope is not None and scope.schema_url else ""
-            parts.append(_scope_spans(scope_part, [span(m) for m in members], url))
-        out.append(_field(1, resource + b"".join(parts) + schema))
-    return b"".join(out)
-
-
 class OtlpExporter(OTLPSpanExporter):
     """The SDK's OTLP/HTTP exporter (its transport, retries, compression and headers) sending
-    what `encode` wrote."""
+    what `request` wrote."""
 
     def __init__(self, *, endpoint: str, headers: dict[str, str], timeout: float) -> None:
         super().__init__(endpoint=endpoint, headers=headers, timeout=timeout)
@@ -297,9 +283,6 @@ class OtlpExporter(OTLPSpanExporter):
         sent: dict[str, str] = self._client._headers
         for name in [n for n in sent if n.lower() not in wanted]:
             del sent[name]
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS if self.send(encode(spans)) else SpanExportResult.FAILURE
 
     def close(self) -> None:
         self.shutdown()  # type: ignore[no-untyped-call]
