@@ -137,7 +137,8 @@ class ChatCompletions:
             result = Result(CLIENT_CLOSED, "client_disconnect", time.monotonic() - start)
         record.finished(result)
         runtime.recent.add(record, call, result)
-        trace, ended_ns = record.trace, time.time_ns()
+        trace = record.trace
+        ended_ns = 0 if trace is None else time.time_ns()  # the span ends with the answer
         await runtime.accounting.settle(tenant, call, result)
         if trace is not None:
             assert runtime.tracing is not None
