@@ -123,7 +123,7 @@ export class Keys {
       if (action === "revoke") {
         await api(`/admin/keys/${segment(id)}`, { method: "DELETE" });
       } else {
-        const grace = Number(this.grace || 0);
+        const grace = Number(this.grace); // never blank here: clicked() asked again
         const made = await api(`/admin/keys/${segment(id)}/rotate`,
           { method: "POST", body: { grace_s: grace } });
         this.showSecret(made);

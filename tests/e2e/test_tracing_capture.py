@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 
 from gateway.chat_body import OFFLOAD_BYTES
+from tests.e2e.helpers import USER, client
 from tests.e2e.test_tracing import CAP, call, otlp, traced
 from tests.otlp import Receiver
-from tests.procs import ADS_KEY, Proc
+from tests.procs import ADS_KEY, LLAMA, Proc
 
 __all__ = ["otlp", "traced"]  # the fixtures, shared with test_tracing
 
@@ -56,10 +57,8 @@ def test_a_body_nested_past_the_writers_depth_is_captured_cut(traced: Proc, otlp
 
 
 def test_the_streams_capture_is_whole_json(traced: Proc, otlp: Receiver) -> None:
-    from tests.e2e.helpers import USER, client
-
     raw = client(traced, ADS_KEY).chat.completions.with_raw_response.create(
-        model="meta-llama/Llama-3.1-8B-Instruct", messages=USER, stream=True
+        model=LLAMA, messages=USER, stream=True
     )
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     a = otlp.of(raw.headers["x-request-id"]).attributes
